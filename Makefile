@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/gristmill serve --first-run
+	$(BIN)/gristmill serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -1,0 +1,227 @@
+"""OpenAI-compatible upstream (vLLM, llama.cpp server, any /v1/completions server).
+
+One pooled keep-alive aiohttp session for the life of the process: the serving notes
+measured httpx's pool at ~1-2 ms CPU per request and aiohttp's at ~0.2 ms.
+The gateway renders the FIM prompt itself (vLLM does not accept `suffix`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.backends.base import (
+    ChatRequest,
+    Choice,
+    CompletionRequest,
+    CompletionResult,
+    ModelBackend,
+    StreamDelta,
+)
+from gateway.backends.templates import render_completion
+from gateway.errors import BackendTimeout, BackendUnavailable, Unprocessable
+
+
+class OpenAIUpstreamBackend(ModelBackend):
+    name = "openai_upstream"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model_name: str,
+        upstream_model: str | None = None,
+        api_key: str | None = None,
+        prompt_family: str = "auto",
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        max_connections: int = 256,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.upstream_model = upstream_model or model_name
+        # Without a tokenizer to inspect, "auto" cannot detect a FIM family: send the prefix.
+        self.family = "plain" if prompt_family == "auto" else prompt_family
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.model_name}@upstream:{self.upstream_model}"
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, keepalive_timeout=60, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers=self._headers
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def render_completion_prompt(self, request: CompletionRequest) -> str:
+        return render_completion(self.family, request.prefix, request.suffix)
+
+    def _completion_body(self, request: CompletionRequest, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model or self.upstream_model,
+            "prompt": self.render_completion_prompt(request),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "n": request.n,
+        }
+        if request.stop:
+            body["stop"] = request.stop
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if stream:
+            body["stream"] = True
+        return body
+
+    def _chat_body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model or self.upstream_model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "n": request.n,
+        }
+        if request.stop:
+            body["stop"] = request.stop
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if stream:
+            body["stream"] = True
+        return body
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        session = self._require_session()
+        url = self.base_url + path
+        try:
+            async with session.post(url, data=orjson.dumps(body)) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    self._raise_for_status(resp.status, raw)
+                return orjson.loads(raw)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise BackendTimeout(f"upstream {url} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendUnavailable(f"upstream {url} unreachable: {exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise BackendUnavailable(f"upstream {url} answered with invalid JSON") from exc
+
+    async def _stream(self, path: str, body: dict[str, Any], chat: bool) -> AsyncIterator[StreamDelta]:
+        session = self._require_session()
+        url = self.base_url + path
+        try:
+            async with session.post(url, data=orjson.dumps(body)) as resp:
+                if resp.status >= 400:
+                    self._raise_for_status(resp.status, await resp.read())
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = orjson.loads(data)
+                    for c in chunk.get("choices", ()):
+                        text = (c.get("delta") or {}).get("content") if chat else c.get("text")
+                        yield StreamDelta(
+                            index=c.get("index", 0),
+                            text=text or "",
+                            finish_reason=_finish(c.get("finish_reason")),
+                        )
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise BackendTimeout(f"upstream {url} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendUnavailable(f"upstream {url} unreachable: {exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise BackendUnavailable(f"upstream {url} streamed invalid JSON") from exc
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise BackendUnavailable("upstream backend is not started")
+        return self._session
+
+    def _raise_for_status(self, status: int, raw: bytes) -> None:
+        message = raw[:500].decode("utf-8", "replace")
+        try:
+            err = orjson.loads(raw).get("error")
+            if isinstance(err, dict) and err.get("message"):
+                message = str(err["message"])
+            elif isinstance(err, str):
+                message = err
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        if 400 <= status < 500 and status not in (401, 403, 404, 429):
+            raise Unprocessable(f"upstream rejected the request ({status}): {message}")
+        raise BackendUnavailable(f"upstream answered {status}: {message}")
+
+    async def complete(self, request: CompletionRequest) -> CompletionResult:
+        doc = await self._post("/completions", self._completion_body(request, stream=False))
+        return self._result(doc, self.render_completion_prompt(request), chat=False)
+
+    async def chat(self, request: ChatRequest) -> CompletionResult:
+        doc = await self._post("/chat/completions", self._chat_body(request, stream=False))
+        rendered = "\n".join(f"{m.role}: {m.content}" for m in request.messages)
+        return self._result(doc, rendered, chat=True)
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamDelta]:
+        return self._stream("/completions", self._completion_body(request, stream=True), chat=False)
+
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        return self._stream("/chat/completions", self._chat_body(request, stream=True), chat=True)
+
+    def _result(self, doc: dict[str, Any], rendered: str, *, chat: bool) -> CompletionResult:
+        try:
+            choices = [
+                Choice(
+                    index=c.get("index", i),
+                    text=(c["message"].get("content") or "") if chat else c["text"],
+                    finish_reason=_finish(c.get("finish_reason")) or "stop",
+                )
+                for i, c in enumerate(doc["choices"])
+            ]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BackendUnavailable(f"upstream answer lacks choices: {exc!r}") from exc
+        usage = doc.get("usage") or {}
+        return CompletionResult(
+            choices=choices,
+            model_version=self.model_version,
+            rendered_prompt=rendered,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "device": "remote",
+            "arch": platform.machine(),
+            "cpu_info": f"OpenAI-compatible upstream {self.base_url}",
+            "cpu_count": os.cpu_count() or 1,
+            "cuda_devices": [],
+        }
+
+
+def _finish(value: Any) -> Any:
+    if value in ("stop", "length"):
+        return value
+    if value is None:
+        return None
+    return "stop"

@@ -1,0 +1,1 @@
+"""Default policy files shipped with Gristmill (YAML) and their JSON Schemas."""

@@ -1,0 +1,131 @@
+"""Prompt templates per model family: fill-in-the-middle, stop tokens, a fallback chat format.
+
+Pure string functions shared by every backend (embedded transformers, OpenAI-compatible
+upstream), so that serving and training render the same prompt for the same request.
+
+Families and their FIM forms:
+
+    qwen       <|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>
+    starcoder  <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>
+    codellama  <PRE> {prefix} <SUF>{suffix} <MID>
+    plain      {prefix}                      (no FIM tokens; the suffix is ignored)
+
+A FIM family keeps the FIM form when there is no suffix (None or ""): these models were
+trained on FIM documents whose suffix is often empty, and switching to a bare prefix would
+change the prompt distribution between requests that differ only in the cursor position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, Protocol, get_args
+
+PromptFamily = Literal["qwen", "starcoder", "codellama", "plain"]
+FAMILIES: tuple[str, ...] = get_args(PromptFamily)
+
+_FIM_FORMS: dict[str, tuple[str, str, str]] = {
+    # family: (before prefix, between prefix and suffix, after suffix)
+    "qwen": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    "codellama": ("<PRE> ", " <SUF>", " <MID>"),
+}
+
+# Bump a family's version whenever its rendering changes: the name is stored with every
+# suggestion, and training must not mix prompts rendered two different ways.
+_TEMPLATE_NAMES: dict[str, str] = {
+    "qwen": "qwen-fim-v1",
+    "starcoder": "starcoder-fim-v1",
+    "codellama": "codellama-fim-v1",
+    "plain": "plain-v1",
+}
+
+# Tokens after which the model has left the middle it was asked to fill: end of document,
+# FIM padding, or the start of another file/FIM segment. Only the ones that exist as single
+# tokens in a tokenizer's vocabulary matter; backends look them up.
+_STOP_TOKENS: dict[str, tuple[str, ...]] = {
+    "qwen": (
+        "<|endoftext|>",
+        "<|fim_pad|>",
+        "<|file_sep|>",
+        "<|repo_name|>",
+        "<|fim_prefix|>",
+        "<|fim_suffix|>",
+        "<|fim_middle|>",
+        "<|im_start|>",
+        "<|im_end|>",
+    ),
+    "starcoder": (
+        "<|endoftext|>",
+        "<fim_pad>",
+        "<file_sep>",
+        "<repo_name>",
+        "<filename>",
+        "<fim_prefix>",
+        "<fim_suffix>",
+        "<fim_middle>",
+    ),
+    "codellama": ("<EOT>", "</s>"),
+    "plain": (),
+}
+
+# Stop strings for the fallback chat transcript: the model starting the next turn itself.
+CHAT_FALLBACK_STOP: tuple[str, ...] = ("\nUser:", "\nSystem:")
+
+
+class ChatMessageLike(Protocol):
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+
+def _check(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}; expected one of {', '.join(FAMILIES)}")
+
+
+def detect_family(special_tokens: Iterable[str]) -> str:
+    """The family whose FIM tokens a tokenizer has (vocabulary or added tokens), else "plain".
+
+    SentencePiece vocabularies (Code Llama) spell the FIM tokens with a leading "▁".
+    """
+    tokens = set(special_tokens)
+    if "<|fim_prefix|>" in tokens and "<|fim_middle|>" in tokens:
+        return "qwen"
+    if "<fim_prefix>" in tokens and "<fim_middle>" in tokens:
+        return "starcoder"
+    if all(t in tokens or f"▁{t}" in tokens for t in ("<PRE>", "<SUF>", "<MID>")):
+        return "codellama"
+    return "plain"
+
+
+def render_completion(family: str, prefix: str, suffix: str | None) -> str:
+    """The prompt text for a completion at the cursor between prefix and suffix."""
+    _check(family)
+    if family == "plain":
+        return prefix
+    before, middle, after = _FIM_FORMS[family]
+    return f"{before}{prefix}{middle}{suffix or ''}{after}"
+
+
+def template_name(family: str) -> str:
+    """A stable, versioned name of the completion template, recorded with each suggestion."""
+    _check(family)
+    return _TEMPLATE_NAMES[family]
+
+
+def stop_tokens(family: str) -> tuple[str, ...]:
+    """Special tokens that end a completion for this family (besides the tokenizer's EOS)."""
+    _check(family)
+    return _STOP_TOKENS[family]
+
+
+def render_chat_fallback(messages: Iterable[ChatMessageLike]) -> str:
+    """A plain transcript for tokenizers without a chat template, ending with "Assistant:".
+
+    Pair it with CHAT_FALLBACK_STOP so the model does not write the user's next turn.
+    """
+    turns = [f"{m.role.strip().capitalize()}: {m.content}" for m in messages]
+    turns.append("Assistant:")
+    return "\n\n".join(turns)

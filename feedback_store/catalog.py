@@ -1,0 +1,254 @@
+"""Read-only SQL over the landed Parquet files (DuckDB), and the acceptance analytics.
+
+Every query gets a fresh in-memory DuckDB connection with these views:
+
+- ``suggestions``, ``quarantine``: one row per tenant+id (duplicates that slipped through are
+  dropped here too, the earliest landed batch wins);
+- ``events``: the same, plus ``orphan`` (no suggestion with that tenant+suggestion_id);
+- ``feedback``: one row per suggestion with its outcome columns.
+
+The connection can only read files under the Parquet directory, and its configuration is locked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from .errors import QueryError, QueryForbidden
+from .schemas import RECORD_KINDS, RecordKind
+
+__all__ = ["ACCEPTANCE_GROUPS", "Catalog", "QueryResult"]
+
+_PART_GLOB = "tenant=*/date=*/*.parquet"
+
+ACCEPTANCE_GROUPS = {
+    "model_version": "model_version",
+    "language": "coalesce(language, 'unknown')",
+    "client": "coalesce(client_name, 'unknown')",
+    "day": "strftime(created_at, '%Y-%m-%d')",  # the session time zone is UTC
+}
+
+# EXPLAIN [ANALYZE] or EXPLAIN (options): the statement behind it must be a SELECT too,
+# because EXPLAIN ANALYZE runs it.
+_EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(?:analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+
+_FEEDBACK_SQL = """
+CREATE VIEW feedback AS
+WITH outcome AS (
+    SELECT tenant, suggestion_id,
+        bool_or(type = 'shown') AS any_shown,
+        bool_or(type = 'accepted') AS any_accepted,
+        bool_or(type = 'rejected') AS any_rejected,
+        bool_or(type = 'edited') AS any_edited,
+        bool_or(type = 'survived') AS any_survived,
+        arg_max_null(accept_kind, (ts, event_id)) FILTER (WHERE type = 'accepted')
+            AS accept_kind,
+        arg_max_null(accepted_text, (ts, event_id)) FILTER (WHERE type = 'accepted')
+            AS accepted_text,
+        arg_max_null(final_text, (ts, event_id)) FILTER (WHERE type IN ('edited', 'survived'))
+            AS final_text,
+        max(ts) AS last_event_at,
+        sum(length(accepted_text)) FILTER (WHERE type = 'accepted') AS text_chars,
+        count(*) FILTER (
+            WHERE type = 'accepted' AND accepted_text IS NULL AND accept_kind = 'full'
+        ) AS full_accepts_without_text
+    FROM _event_rows
+    GROUP BY tenant, suggestion_id
+)
+SELECT s.*,
+    coalesce(o.any_shown OR o.any_accepted, false) AS shown,
+    coalesce(o.any_accepted, false) AS accepted,
+    coalesce(o.any_rejected, false) AS rejected,
+    coalesce(o.any_edited, false) AS edited,
+    coalesce(o.any_survived, false) AS survived,
+    o.accept_kind,
+    o.accepted_text,
+    o.final_text,
+    o.last_event_at,
+    CAST(coalesce(o.text_chars, 0)
+         + coalesce(o.full_accepts_without_text, 0) * length(s.completion) AS BIGINT)
+        AS accepted_chars,
+    CASE
+        WHEN o.any_accepted THEN 'accepted'
+        WHEN o.any_rejected THEN 'rejected'
+        WHEN o.any_shown THEN 'shown'
+        ELSE 'served'
+    END AS outcome
+FROM suggestions s
+LEFT JOIN outcome o ON o.tenant = s.tenant AND o.suggestion_id = s.suggestion_id
+"""
+
+_EVENTS_SQL = """
+CREATE VIEW events AS
+SELECT e.*, NOT EXISTS (
+    SELECT 1 FROM suggestions s WHERE s.tenant = e.tenant AND s.suggestion_id = e.suggestion_id
+) AS orphan
+FROM _event_rows e
+"""
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def _duckdb_type(dtype: pa.DataType) -> str:
+    if pa.types.is_string(dtype):
+        return "VARCHAR"
+    if pa.types.is_int32(dtype):
+        return "INTEGER"
+    if pa.types.is_float64(dtype):
+        return "DOUBLE"
+    if pa.types.is_timestamp(dtype):
+        return "TIMESTAMPTZ"
+    if pa.types.is_map(dtype):
+        return f"MAP({_duckdb_type(dtype.key_type)}, {_duckdb_type(dtype.item_type)})"
+    raise TypeError(f"no DuckDB type for {dtype}")  # programming error in the schemas
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Catalog:
+    """Read-only SQL over one Parquet directory. Cheap to build; thread-safe."""
+
+    def __init__(self, parquet_dir: Path) -> None:
+        self._root = Path(parquet_dir).resolve()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> QueryResult:
+        """Run one read-only statement (SELECT, WITH, DESCRIBE, EXPLAIN ...)."""
+        _check_read_only(sql)
+        return self._run(sql, params)
+
+    def acceptance(
+        self,
+        tenant: str,
+        group_by: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Shown/accepted counts per group for one tenant, over suggestions created in
+        [since, until). Shown means a shown or accepted event; rows are sorted by group."""
+        if group_by not in ACCEPTANCE_GROUPS:
+            raise QueryError(f"group_by must be one of {sorted(ACCEPTANCE_GROUPS)}")
+        where = ["tenant = $tenant"]
+        params: dict[str, Any] = {"tenant": tenant}
+        for name, bound, op in (("since", since, ">="), ("until", until, "<")):
+            if bound is None:
+                continue
+            if bound.tzinfo is None or bound.utcoffset() is None:
+                raise QueryError(f"{name} must be a timezone-aware datetime")
+            where.append(f"created_at {op} CAST(${name} AS TIMESTAMPTZ)")
+            params[name] = bound
+        sql = f"""
+            SELECT {ACCEPTANCE_GROUPS[group_by]} AS grp,
+                   count(*) FILTER (WHERE shown) AS shown,
+                   count(*) FILTER (WHERE accepted) AS accepted,
+                   CAST(coalesce(sum(accepted_chars), 0) AS BIGINT) AS accepted_chars
+            FROM feedback
+            WHERE {" AND ".join(where)}
+            GROUP BY grp
+            ORDER BY grp
+        """
+        result = self._run(sql, params)
+        return [
+            {
+                "group": str(group),
+                "shown": int(shown),
+                "accepted": int(accepted),
+                "acceptance_rate": accepted / shown if shown else 0.0,
+                "accepted_chars": int(chars),
+            }
+            for group, shown, accepted, chars in result.rows
+        ]
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _run(self, sql: str, params: list[Any] | dict[str, Any] | None) -> QueryResult:
+        con = self._connect()
+        try:
+            table = con.sql(sql, params=params).to_arrow_table()
+        except duckdb.PermissionException as exc:
+            raise QueryForbidden(str(exc)) from exc
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from exc
+        finally:
+            con.close()
+        columns = [column.to_pylist(maps_as_pydicts="strict") for column in table.columns]
+        return QueryResult(columns=list(table.column_names), rows=list(zip(*columns, strict=True)))
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(
+            ":memory:",
+            config={"autoload_known_extensions": False, "autoinstall_known_extensions": False},
+        )
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            # Queries may read our Parquet files and nothing else on this machine.
+            con.execute(f"SET allowed_directories = [{_literal(str(self._root) + '/')}]")
+            con.execute("SET enable_external_access = false")
+            for name, kind in RECORD_KINDS.items():
+                con.execute(f"CREATE VIEW _{name}_rows AS {self._rows_sql(kind)}")
+            con.execute("CREATE VIEW suggestions AS SELECT * FROM _suggestion_rows")
+            con.execute("CREATE VIEW quarantine AS SELECT * FROM _quarantine_rows")
+            con.execute(_EVENTS_SQL)
+            con.execute(_FEEDBACK_SQL)
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _rows_sql(self, kind: RecordKind) -> str:
+        """One row per tenant+id, with exactly the schema's columns (zero rows if no files)."""
+        names = [field.name for field in kind.schema]
+        columns = ", ".join(f'"{name}"' for name in names)
+        folder = self._root / kind.folder
+        if not any(folder.glob(_PART_GLOB)):
+            typed_nulls = ", ".join(
+                f'CAST(NULL AS {_duckdb_type(field.type)}) AS "{field.name}"'
+                for field in kind.schema
+            )
+            return f"SELECT {typed_nulls} WHERE false"
+        source = (
+            f"read_parquet({_literal(str(folder / _PART_GLOB))}, hive_partitioning = true, "
+            "union_by_name = true, hive_types = {'tenant': VARCHAR, 'date': DATE}, "
+            "filename = true)"
+        )
+        return (
+            f"SELECT {columns} FROM {source} "
+            f'QUALIFY row_number() OVER (PARTITION BY tenant, "{kind.id_field}" '
+            "ORDER BY regexp_extract(filename, 'part-([^/]+)\\.parquet$', 1), filename) = 1"
+        )
+
+
+def _check_read_only(sql: str) -> None:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from exc
+    if len(statements) != 1:
+        raise QueryError(f"expected exactly one statement, got {len(statements)}")
+    statement = statements[0]
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        inner = _EXPLAIN_PREFIX.sub("", statement.query, count=1)
+        try:
+            inner_statements = duckdb.extract_statements(inner)
+        except duckdb.Error as exc:
+            raise QueryForbidden("only EXPLAIN of a SELECT statement is allowed") from exc
+        if len(inner_statements) != 1 or inner_statements[0].type != duckdb.StatementType.SELECT:
+            raise QueryForbidden("only EXPLAIN of a SELECT statement is allowed")
+    elif statement.type != duckdb.StatementType.SELECT:
+        raise QueryForbidden(
+            f"{statement.type.name} statements are not allowed; only SELECT, WITH and EXPLAIN"
+        )

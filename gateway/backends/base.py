@@ -82,6 +82,11 @@ class ModelBackend(ABC):
     def model_version(self) -> str:
         """The version recorded with every suggestion (e.g. model name + content hash)."""
 
+    @property
+    @abstractmethod
+    def template_name(self) -> str:
+        """The versioned completion-template name recorded with every suggestion."""
+
     @abstractmethod
     async def start(self) -> None:
         """Load weights / open pooled connections. Called once by the app lifespan."""

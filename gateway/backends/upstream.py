@@ -24,7 +24,7 @@ from gateway.backends.base import (
     ModelBackend,
     StreamDelta,
 )
-from gateway.backends.templates import render_completion
+from gateway.backends.templates import render_completion, template_name
 from gateway.errors import BackendTimeout, BackendUnavailable, Unprocessable
 
 
@@ -58,6 +58,10 @@ class OpenAIUpstreamBackend(ModelBackend):
     @property
     def model_version(self) -> str:
         return f"{self.model_name}@upstream:{self.upstream_model}"
+
+    @property
+    def template_name(self) -> str:
+        return template_name(self.family)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(

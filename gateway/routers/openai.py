@@ -129,7 +129,7 @@ def _context(request: Request, body: _Sampling, source: str, backend: ModelBacke
         file_path=ext.file_path,
         repo=ext.repo,
         team=ext.team,
-        prompt_template=getattr(backend, "family", None),
+        prompt_template=backend.template_name,
     )
 
 

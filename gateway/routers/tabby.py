@@ -183,7 +183,7 @@ async def tabby_completions(
         language=body.language,
         file_path=body.segments.filepath,
         repo=body.segments.git_url,
-        prompt_template=getattr(backend, "family", None),
+        prompt_template=backend.template_name,
     )
     request_id = new_request_id()
     started = time.perf_counter()

@@ -22,7 +22,7 @@ def test_when_completing_at_temperature_zero_then_deterministic_and_recorded(egw
     backend, version, template = rows[0]
     assert backend == "embedded"
     assert version.startswith("gristmill-base@")
-    assert template == "qwen"
+    assert template == "qwen-fim-v1"
 
 
 def test_when_tabby_completion_then_served_by_local_model(egw):

@@ -33,11 +33,20 @@ def pinned(cores: Sequence[int]):
     return apply
 
 
-def start(cmd: list[str], *, env: dict[str, str] | None = None, cores: Sequence[int] = (0,),
-          log: Path | None = None) -> subprocess.Popen:
+def start(
+    cmd: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cores: Sequence[int] = (0,),
+    log: Path | None = None,
+) -> subprocess.Popen:
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
         preexec_fn=pinned(cores),
     )
 

@@ -29,7 +29,7 @@ from bench._common import PYTHON, cpu_seconds, free_port, median, percentile, st
 PREFIX = (
     "import logging\nfrom dataclasses import dataclass\n\nlog = logging.getLogger(__name__)\n\n\n"
     "@dataclass\nclass Invoice:\n    customer_id: int\n    amount_cents: int\n    currency: str = 'EUR'\n\n"
-    "    def total_with_tax(self, rate: float) -> int:\n        \"\"\"Amount including tax, rounded.\"\"\"\n"
+    '    def total_with_tax(self, rate: float) -> int:\n        """Amount including tax, rounded."""\n'
 )
 
 
@@ -47,7 +47,9 @@ def body_for(i: int) -> bytes:
     ).encode()
 
 
-async def load(url: str, headers: dict[str, str], total: int, clients: int) -> tuple[list[float], float]:
+async def load(
+    url: str, headers: dict[str, str], total: int, clients: int
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     counter = iter(range(total))
     connector = aiohttp.TCPConnector(limit=clients)
@@ -86,7 +88,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="gm-bench-"))
     up_port, gw_port = free_port(), free_port()
-    upstream = start([PYTHON, "-m", "tests.support.fake_upstream", "--port", str(up_port)], cores=(1,))
+    upstream = start(
+        [PYTHON, "-m", "tests.support.fake_upstream", "--port", str(up_port)], cores=(1,)
+    )
     env = {
         "GRISTMILL_DATA_DIR": str(work / "data"),
         "GRISTMILL_BACKEND": "openai_upstream",
@@ -94,12 +98,18 @@ def main() -> None:
         "GRISTMILL_REDACTION_WORKERS": str(args.redaction_workers),
         "GRISTMILL_PORT": str(gw_port),
     }
-    token_out = os.popen(
-        f"GRISTMILL_DATA_DIR={work / 'data'} {PYTHON} -m gateway.cli tokens create "
-        "--tenant bench --user loadgen --role developer"
-    ).read().strip()
+    token_out = (
+        os.popen(
+            f"GRISTMILL_DATA_DIR={work / 'data'} {PYTHON} -m gateway.cli tokens create "
+            "--tenant bench --user loadgen --role developer"
+        )
+        .read()
+        .strip()
+    )
     gateway = start(
-        [PYTHON, "-m", "gateway.cli", "serve", "--no-access-log"], env=env, cores=(0,),
+        [PYTHON, "-m", "gateway.cli", "serve", "--no-access-log"],
+        env=env,
+        cores=(0,),
         log=work / "gateway.log",
     )
     os.sched_setaffinity(0, {1} & os.sched_getaffinity(0) or os.sched_getaffinity(0))
@@ -137,14 +147,29 @@ def main() -> None:
         metrics = os.popen(f"curl -s http://127.0.0.1:{gw_port}/metrics").read()
         print()
         print(f"{'':22}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
-        print(f"{'upstream direct':22}{d50:>10.2f}{d99:>10.2f}{median([x[2] for x in rows['direct']]):>10.0f}")
-        print(f"{'through gateway':22}{g50:>10.2f}{g99:>10.2f}{median([x[2] for x in rows['gateway']]):>10.0f}")
-        print(f"added by gateway      p50 +{g50 - d50:.2f} ms (target <= 2)   p99 +{g99 - d99:.2f} ms (target <= 10)")
-        print(f"gateway CPU per request {cpu:.3f} ms -> {1000 / cpu:.0f} req/s on one core (target >= 3000)")
+        print(
+            f"{'upstream direct':22}{d50:>10.2f}{d99:>10.2f}{median([x[2] for x in rows['direct']]):>10.0f}"
+        )
+        print(
+            f"{'through gateway':22}{g50:>10.2f}{g99:>10.2f}{median([x[2] for x in rows['gateway']]):>10.0f}"
+        )
+        print(
+            f"added by gateway      p50 +{g50 - d50:.2f} ms (target <= 2)   p99 +{g99 - d99:.2f} ms (target <= 10)"
+        )
+        print(
+            f"gateway CPU per request {cpu:.3f} ms -> {1000 / cpu:.0f} req/s on one core (target >= 3000)"
+        )
         print(f"ratios gateway/direct: p50 x{g50 / d50:.2f}, p99 x{g99 / d99:.2f}")
-        overflow = [ln for ln in metrics.splitlines() if ln.startswith("gristmill_ingest_overflow_total")]
+        overflow = [
+            ln for ln in metrics.splitlines() if ln.startswith("gristmill_ingest_overflow_total")
+        ]
         recorded = [ln for ln in metrics.splitlines() if ln.startswith("gristmill_records_total")]
-        print("recording:", "; ".join(recorded) or "none yet", "|", "; ".join(overflow) or "no overflow")
+        print(
+            "recording:",
+            "; ".join(recorded) or "none yet",
+            "|",
+            "; ".join(overflow) or "no overflow",
+        )
     finally:
         gateway.terminate()
         upstream.terminate()

@@ -30,7 +30,12 @@ PROBLEM = "application/problem+json"
 def problem(
     status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
 ) -> Response:
-    doc: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    doc: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if errors:
         doc["errors"] = errors
     return Response(orjson.dumps(doc), status_code=status, media_type=PROBLEM)
@@ -92,7 +97,11 @@ def _validation_problem(exc: RequestValidationError) -> Response:
     malformed = False
     for e in exc.errors():
         loc = [str(p) for p in e.get("loc", ())]
-        if e.get("type") in ("json_invalid", "json_type") or loc == ["body"] and e.get("type") == "missing":
+        if (
+            e.get("type") in ("json_invalid", "json_type")
+            or loc == ["body"]
+            and e.get("type") == "missing"
+        ):
             malformed = True
         errors.append({"loc": loc, "msg": e.get("msg", ""), "type": e.get("type", "")})
     if malformed:
@@ -139,7 +148,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RedactionError)
     async def _redaction_error(_: Request, exc: RedactionError) -> Response:
         return problem(
-            getattr(exc, "http_status", 500), type(exc).__name__, str(exc), getattr(exc, "errors", None)
+            getattr(exc, "http_status", 500),
+            type(exc).__name__,
+            str(exc),
+            getattr(exc, "errors", None),
         )
 
     @app.exception_handler(RequestValidationError)

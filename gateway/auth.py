@@ -130,7 +130,9 @@ class TokenStore:
         """Adds a token and returns it; only its hash is stored, so this is the one chance to see it."""
         validate_name("tenant", tenant)
         if not user or len(user) > 256:
-            raise Unprocessable("user: must be 1-256 characters", errors=[{"loc": ["user"], "msg": "invalid"}])
+            raise Unprocessable(
+                "user: must be 1-256 characters", errors=[{"loc": ["user"], "msg": "invalid"}]
+            )
         bad = [r for r in roles if r not in ROLES]
         if bad or not roles:
             raise Unprocessable(

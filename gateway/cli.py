@@ -29,7 +29,9 @@ DataDirOpt = Annotated[
 ]
 
 
-def _settings(config: Path | None = None, data_dir: Path | None = None, **overrides: object) -> Settings:
+def _settings(
+    config: Path | None = None, data_dir: Path | None = None, **overrides: object
+) -> Settings:
     kwargs: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
     if config is not None:
         kwargs["config_file"] = config
@@ -58,7 +60,9 @@ def _token_store(settings: Settings):
 @tokens_app.command("create")
 def tokens_create(
     tenant: Annotated[str, typer.Option(help="Tenant the token belongs to, e.g. acme.")],
-    user: Annotated[str, typer.Option(help="User id, e.g. alice (stored only as an HMAC in records).")],
+    user: Annotated[
+        str, typer.Option(help="User id, e.g. alice (stored only as an HMAC in records).")
+    ],
     role: Annotated[
         list[str],
         typer.Option(help="developer | ml_engineer | security_admin | auditor (repeatable)."),
@@ -88,7 +92,9 @@ def tokens_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 @app.command("bootstrap-model")
 def bootstrap_model_cmd(
     max_minutes: Annotated[float, typer.Option(help="Pretraining time budget.")] = 5.0,
-    output: Annotated[Path | None, typer.Option(help="Model directory; default data_dir/models/bootstrap.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Model directory; default data_dir/models/bootstrap.")
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -107,7 +113,9 @@ def bootstrap_model_cmd(
 
 @app.command("query")
 def query_cmd(
-    sql: Annotated[str, typer.Argument(help="Read-only SQL over suggestions, events, feedback, quarantine.")],
+    sql: Annotated[
+        str, typer.Argument(help="Read-only SQL over suggestions, events, feedback, quarantine.")
+    ],
     fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -161,7 +169,9 @@ def serve(
     from gateway.app import create_app
 
     settings = _settings(config, data_dir, host=host, port=port)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     first_tokens = _first_tokens(settings)
     if settings.backend == "embedded":
         _ensure_model(settings)
@@ -189,7 +199,10 @@ def _first_tokens(settings: Settings) -> dict[str, str]:
             name="first admin (make run)",
         ),
         "developer": store.create(
-            tenant="default", user="developer", roles=["developer"], name="first developer (make run)"
+            tenant="default",
+            user="developer",
+            roles=["developer"],
+            name="first developer (make run)",
         ),
     }
 
@@ -207,7 +220,9 @@ def _ensure_model(settings: Settings) -> None:
         f"No model yet: building the embedded default in {settings.model_dir} "
         f"({settings.bootstrap_minutes:g} min of pretraining on this machine's Python sources)."
     )
-    bootstrap_model(BootstrapConfig(output_dir=settings.model_dir, max_minutes=settings.bootstrap_minutes))
+    bootstrap_model(
+        BootstrapConfig(output_dir=settings.model_dir, max_minutes=settings.bootstrap_minutes)
+    )
 
 
 def _banner(settings: Settings, first_tokens: dict[str, str]) -> None:

@@ -1,15 +1,15 @@
 """Gateway errors. Each knows its HTTP status; one handler renders application/problem+json.
 
-    GatewayError (500)
-    ├── BadRequest (400)
-    │   └── PayloadTooLarge (413)
-    ├── Unauthorized (401)
-    ├── Forbidden (403)
-    ├── NotFound (404)
-    ├── Unprocessable (422)       field-level problems in ``errors``
-    ├── BackendUnavailable (503)  the model is not loaded / upstream unreachable
-    │   └── BackendTimeout (504)
-    └── IngestUnavailable (503)   the durable log cannot take records now
+GatewayError (500)
+├── BadRequest (400)
+│   └── PayloadTooLarge (413)
+├── Unauthorized (401)
+├── Forbidden (403)
+├── NotFound (404)
+├── Unprocessable (422)       field-level problems in ``errors``
+├── BackendUnavailable (503)  the model is not loaded / upstream unreachable
+│   └── BackendTimeout (504)
+└── IngestUnavailable (503)   the durable log cannot take records now
 """
 
 from __future__ import annotations

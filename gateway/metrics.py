@@ -34,5 +34,7 @@ class Metrics:
                     if n != name:
                         continue
                     label_text = ",".join(f'{k}="{v}"' for k, v in labels)
-                    lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+                    lines.append(
+                        f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}"
+                    )
         return "\n".join(lines) + "\n"

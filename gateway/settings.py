@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the gateway listens on.")
     tokens_file: Path | None = Field(
-        default=None, description="Bearer-token registry (SHA-256 only); default data_dir/tokens.json."
+        default=None,
+        description="Bearer-token registry (SHA-256 only); default data_dir/tokens.json.",
     )
     key_file: Path | None = Field(
         default=None,
@@ -64,14 +65,17 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(default=512, ge=1, description="Upper bound on max_tokens.")
     default_max_tokens: int = Field(default=64, ge=1, description="max_tokens when not given.")
     upstream_url: str | None = Field(
-        default=None, description="Base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1."
+        default=None,
+        description="Base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1.",
     )
     upstream_api_key: SecretStr | None = Field(default=None, description="Upstream bearer key.")
     upstream_model: str | None = Field(
         default=None, description="Model name sent upstream; default: model_name."
     )
     upstream_timeout_s: float = Field(default=60.0, gt=0, description="Upstream total timeout.")
-    upstream_connect_timeout_s: float = Field(default=5.0, gt=0, description="Upstream connect timeout.")
+    upstream_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Upstream connect timeout."
+    )
     upstream_max_connections: int = Field(default=256, ge=1, description="Pooled connections.")
     # ingest
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
@@ -82,12 +86,15 @@ class Settings(BaseSettings):
     ingest_queue_size: int = Field(
         default=10_000, ge=1, description="Served suggestions waiting for redaction."
     )
-    log_segment_bytes: int = Field(default=16 * 1024 * 1024, ge=4096, description="Log segment size.")
-    land_interval_s: float = Field(default=5.0, gt=0, description="How often the log lands as Parquet.")
+    log_segment_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=4096, description="Log segment size."
+    )
+    land_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the log lands as Parquet."
+    )
     bootstrap_minutes: float = Field(
         default=5.0, gt=0, description="Pretraining budget when serve bootstraps a model."
     )
-    environment: Literal["dev", "prod"] = Field(default="dev", description="prod refuses unsafe defaults.")
 
     @classmethod
     def settings_customise_sources(

@@ -73,7 +73,9 @@ def create_tokens(settings: Settings) -> dict[str, str]:
         "auditor": store.create(tenant="acme", user="audrey", roles=["auditor"]),
         "other": store.create(tenant="globex", user="eve", roles=["developer", "ml_engineer"]),
         "admin": store.create(
-            tenant="acme", user="root", roles=["developer", "ml_engineer", "security_admin", "auditor"]
+            tenant="acme",
+            user="root",
+            roles=["developer", "ml_engineer", "security_admin", "auditor"],
         ),
     }
 

@@ -61,14 +61,20 @@ SCRIPT = textwrap.dedent(
 def test_when_full_run_then_only_loopback_connections(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "data")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("AUDIT"))
-    seen = json.loads(line[len("AUDIT"):])
-    assert any(kind == "connect" for kind, _ in seen), "the run made no connection at all: hook broken"
+    seen = json.loads(line[len("AUDIT") :])
+    assert any(kind == "connect" for kind, _ in seen), (
+        "the run made no connection at all: hook broken"
+    )
     outside = [
-        (kind, target) for kind, target in seen
+        (kind, target)
+        for kind, target in seen
         if not any(host in target for host in ("127.0.0.1", "localhost", "::1"))
     ]
     assert outside == []

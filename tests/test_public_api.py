@@ -13,8 +13,17 @@ import pytest
         ("gateway", {"__version__", "create_app"}),
         (
             "gateway.backends",
-            {"BACKENDS", "ChatMessage", "ChatRequest", "Choice", "CompletionRequest",
-             "CompletionResult", "ModelBackend", "StreamDelta", "build_backend"},
+            {
+                "BACKENDS",
+                "ChatMessage",
+                "ChatRequest",
+                "Choice",
+                "CompletionRequest",
+                "CompletionResult",
+                "ModelBackend",
+                "StreamDelta",
+                "build_backend",
+            },
         ),
     ],
 )

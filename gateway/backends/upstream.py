@@ -7,7 +7,6 @@ The gateway renders the FIM prompt itself (vLLM does not accept `suffix`).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
 from collections.abc import AsyncIterator
@@ -122,14 +121,16 @@ class OpenAIUpstreamBackend(ModelBackend):
                 if resp.status >= 400:
                     self._raise_for_status(resp.status, raw)
                 return orjson.loads(raw)
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise BackendTimeout(f"upstream {url} did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise BackendUnavailable(f"upstream {url} unreachable: {exc}") from exc
         except orjson.JSONDecodeError as exc:
             raise BackendUnavailable(f"upstream {url} answered with invalid JSON") from exc
 
-    async def _stream(self, path: str, body: dict[str, Any], chat: bool) -> AsyncIterator[StreamDelta]:
+    async def _stream(
+        self, path: str, body: dict[str, Any], chat: bool
+    ) -> AsyncIterator[StreamDelta]:
         session = self._require_session()
         url = self.base_url + path
         try:
@@ -150,7 +151,7 @@ class OpenAIUpstreamBackend(ModelBackend):
                             text=text or "",
                             finish_reason=_finish(c.get("finish_reason")),
                         )
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise BackendTimeout(f"upstream {url} did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise BackendUnavailable(f"upstream {url} unreachable: {exc}") from exc

@@ -32,7 +32,9 @@ class AcceptanceReport(BaseModel):
 async def acceptance(
     principal: Analyst,
     store: StoreDep,
-    group_by: Literal["model_version", "language", "client", "day"] = Query(default="model_version"),
+    group_by: Literal["model_version", "language", "client", "day"] = Query(
+        default="model_version"
+    ),
     since: datetime | None = Query(default=None),
     until: datetime | None = Query(default=None),
 ) -> AcceptanceReport:

@@ -24,8 +24,15 @@ from gateway.recording import client_from_user_agent, event_record
 router = APIRouter(prefix="/continue", tags=["continue"])
 
 _COUNTED_NAMES = {
-    "autocomplete", "editOutcome", "chatInteraction", "chatFeedback", "quickEdit",
-    "tokensGenerated", "toolUsage", "nextEditOutcome", "nextEditWithHistory",
+    "autocomplete",
+    "editOutcome",
+    "chatInteraction",
+    "chatFeedback",
+    "quickEdit",
+    "tokensGenerated",
+    "toolUsage",
+    "nextEditOutcome",
+    "nextEditWithHistory",
 }
 
 
@@ -74,9 +81,7 @@ def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
             {"loc": ["body", "data", *map(str, e["loc"])], "msg": e["msg"]} for e in exc.errors()
         ]
         first = errors[0]
-        raise Unprocessable(
-            f"{'.'.join(first['loc'][1:])}: {first['msg']}", errors=errors
-        ) from exc
+        raise Unprocessable(f"{'.'.join(first['loc'][1:])}: {first['msg']}", errors=errors) from exc
 
 
 def _stable_id(*parts: str) -> str:
@@ -145,10 +150,18 @@ async def dev_data(
         sid = f"continue-{d.completionId}"
         records.append(
             _suggestion(
-                principal, sid=sid, client_name=client_name, source="continue",
-                prefix=d.prefix, suffix=d.suffix, completion=d.completion,
-                file_path=d.filepath, repo=d.gitRepo, model=d.modelName,
-                provider=d.modelProvider, latency_ms=d.time or 0.0,
+                principal,
+                sid=sid,
+                client_name=client_name,
+                source="continue",
+                prefix=d.prefix,
+                suffix=d.suffix,
+                completion=d.completion,
+                file_path=d.filepath,
+                repo=d.gitRepo,
+                model=d.modelName,
+                provider=d.modelProvider,
+                latency_ms=d.time or 0.0,
             )
         )
         # Continue logs an autocomplete once it was displayed; accepted says what came of it.
@@ -160,8 +173,12 @@ async def dev_data(
         for kind, accept_kind in outcomes:
             records.append(
                 event_record(
-                    principal, event_id=_stable_id(sid, kind), suggestion_id=sid, type=kind,
-                    source="continue", accept_kind=accept_kind,
+                    principal,
+                    event_id=_stable_id(sid, kind),
+                    suggestion_id=sid,
+                    type=kind,
+                    source="continue",
+                    accept_kind=accept_kind,
                     accepted_text=d.completion if kind == "accepted" else None,
                     client_name=client_name or "continue",
                 )
@@ -173,10 +190,18 @@ async def dev_data(
         )
         records.append(
             _suggestion(
-                principal, sid=sid, client_name=client_name, source="continue_edit",
-                prefix=e.previousCode, suffix=None, completion=e.newCode,
-                file_path=e.filepath, repo=e.gitRepo, model=e.modelName,
-                provider=e.modelProvider, latency_ms=0.0,
+                principal,
+                sid=sid,
+                client_name=client_name,
+                source="continue_edit",
+                prefix=e.previousCode,
+                suffix=None,
+                completion=e.newCode,
+                file_path=e.filepath,
+                repo=e.gitRepo,
+                model=e.modelName,
+                provider=e.modelProvider,
+                latency_ms=0.0,
             )
         )
         kinds = ["shown"] + (
@@ -185,8 +210,12 @@ async def dev_data(
         for kind in kinds:
             records.append(
                 event_record(
-                    principal, event_id=_stable_id(sid, kind), suggestion_id=sid, type=kind,
-                    source="continue", accept_kind="full" if kind == "accepted" else None,
+                    principal,
+                    event_id=_stable_id(sid, kind),
+                    suggestion_id=sid,
+                    type=kind,
+                    source="continue",
+                    accept_kind="full" if kind == "accepted" else None,
                     accepted_text=e.newCode if kind == "accepted" else None,
                     client_name=client_name or "continue",
                 )

@@ -22,9 +22,10 @@ from gateway.backends import (
     CompletionRequest,
     CompletionResult,
     ModelBackend,
+    StreamDelta,
 )
 from gateway.deps import BackendDep, Developer, IngestorDep, SettingsDep
-from gateway.errors import Unprocessable
+from gateway.errors import GatewayError, Unprocessable
 from gateway.recording import (
     ServedContext,
     client_from_user_agent,
@@ -75,13 +76,17 @@ class _Sampling(BaseModel):
 
 class CompletionBody(_Sampling):
     prompt: str | list[str] = Field(description="Text before the cursor (one prompt per request).")
-    suffix: str | None = Field(default=None, description="Text after the cursor (fill-in-the-middle).")
+    suffix: str | None = Field(
+        default=None, description="Text after the cursor (fill-in-the-middle)."
+    )
 
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and len(value) != 1:
-            raise ValueError("send exactly one prompt per request (batched prompts are not supported)")
+            raise ValueError(
+                "send exactly one prompt per request (batched prompts are not supported)"
+            )
         return value
 
     def prompt_text(self) -> str:
@@ -118,7 +123,9 @@ def _max_tokens(settings: Any, requested: int | None) -> int:
     return requested
 
 
-def _context(request: Request, body: _Sampling, source: str, backend: ModelBackend) -> ServedContext:
+def _context(
+    request: Request, body: _Sampling, source: str, backend: ModelBackend
+) -> ServedContext:
     name, version = client_from_user_agent(request.headers.get("user-agent"))
     ext = body.gristmill or GristmillContext()
     return ServedContext(
@@ -182,15 +189,21 @@ async def completions(
     request_id = new_request_id()
     created = int(time.time())
     if body.stream:
+        # The first piece is awaited here, so a backend that is down answers with problem+json.
+        deltas = await _primed(backend.stream(req))
         return StreamingResponse(
-            _stream_completion(req, ctx, request_id, created, principal, backend, ingestor, settings),
+            _stream_completion(
+                deltas, req, ctx, request_id, created, principal, backend, ingestor, settings
+            ),
             media_type="text/event-stream",
         )
     started = time.perf_counter()
     result = await backend.complete(req)
     latency_ms = (time.perf_counter() - started) * 1000
     ingestor.submit_later(
-        served_records(principal, ctx, request_id, req.prefix, req.suffix, result, backend.name, latency_ms)
+        served_records(
+            principal, ctx, request_id, req.prefix, req.suffix, result, backend.name, latency_ms
+        )
     )
     return _json(
         {
@@ -222,13 +235,46 @@ def _usage(result: CompletionResult) -> dict[str, int]:
     }
 
 
+async def _primed(deltas: AsyncIterator[StreamDelta]) -> AsyncIterator[StreamDelta]:
+    """Pulls the first delta now (raising before any byte is sent), then yields it and the rest."""
+    try:
+        first = await anext(deltas)
+    except StopAsyncIteration:
+        first = None
+
+    async def chained() -> AsyncIterator[StreamDelta]:
+        if first is not None:
+            yield first
+        async for delta in deltas:
+            yield delta
+
+    return chained()
+
+
+async def _guarded(deltas: AsyncIterator[StreamDelta]) -> AsyncIterator[StreamDelta | bytes]:
+    """Yields deltas; a failure mid-stream becomes one SSE error event (and nothing is recorded)."""
+    try:
+        async for delta in deltas:
+            yield delta
+    except GatewayError as exc:
+        yield _sse_error(exc)
+
+
+def _sse_error(exc: GatewayError) -> bytes:
+    # Once a stream has started the status is sent; tell the client in-band, as OpenAI does.
+    return _sse({"error": {"message": exc.detail, "type": type(exc).__name__, "code": exc.status}})
+
+
 async def _stream_completion(
-    req, ctx, request_id, created, principal, backend, ingestor, settings
+    deltas, req, ctx, request_id, created, principal, backend, ingestor, settings
 ) -> AsyncIterator[bytes]:
     started = time.perf_counter()
     texts: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
-    async for delta in backend.stream(req):
+    async for delta in _guarded(deltas):
+        if isinstance(delta, bytes):
+            yield delta
+            return
         texts.setdefault(delta.index, []).append(delta.text)
         if delta.finish_reason:
             finish[delta.index] = delta.finish_reason
@@ -260,7 +306,9 @@ async def _stream_completion(
     )
     latency_ms = (time.perf_counter() - started) * 1000
     ingestor.submit_later(
-        served_records(principal, ctx, request_id, req.prefix, req.suffix, result, backend.name, latency_ms)
+        served_records(
+            principal, ctx, request_id, req.prefix, req.suffix, result, backend.name, latency_ms
+        )
     )
 
 
@@ -288,15 +336,29 @@ async def chat_completions(
     created = int(time.time())
     conversation = "".join(f"<|{m.role}|>\n{m.content}\n" for m in req.messages)
     if body.stream:
+        deltas = await _primed(backend.stream_chat(req))
         return StreamingResponse(
-            _stream_chat(req, ctx, request_id, created, conversation, principal, backend, ingestor, settings),
+            _stream_chat(
+                deltas,
+                req,
+                ctx,
+                request_id,
+                created,
+                conversation,
+                principal,
+                backend,
+                ingestor,
+                settings,
+            ),
             media_type="text/event-stream",
         )
     started = time.perf_counter()
     result = await backend.chat(req)
     latency_ms = (time.perf_counter() - started) * 1000
     ingestor.submit_later(
-        served_records(principal, ctx, request_id, conversation, None, result, backend.name, latency_ms)
+        served_records(
+            principal, ctx, request_id, conversation, None, result, backend.name, latency_ms
+        )
     )
     return _json(
         {
@@ -321,13 +383,16 @@ async def chat_completions(
 
 
 async def _stream_chat(
-    req, ctx, request_id, created, conversation, principal, backend, ingestor, settings
+    deltas, req, ctx, request_id, created, conversation, principal, backend, ingestor, settings
 ) -> AsyncIterator[bytes]:
     started = time.perf_counter()
     texts: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
     announced: set[int] = set()
-    async for delta in backend.stream_chat(req):
+    async for delta in _guarded(deltas):
+        if isinstance(delta, bytes):
+            yield delta
+            return
         texts.setdefault(delta.index, []).append(delta.text)
         if delta.finish_reason:
             finish[delta.index] = delta.finish_reason
@@ -363,5 +428,7 @@ async def _stream_chat(
     )
     latency_ms = (time.perf_counter() - started) * 1000
     ingestor.submit_later(
-        served_records(principal, ctx, request_id, conversation, None, result, backend.name, latency_ms)
+        served_records(
+            principal, ctx, request_id, conversation, None, result, backend.name, latency_ms
+        )
     )

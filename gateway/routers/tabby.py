@@ -32,8 +32,18 @@ router = APIRouter(prefix="/tabby", tags=["tabby"])
 # Context we prepend to the prefix as comments, bounded so the prompt stays small.
 _MAX_CONTEXT_CHARS = 2000
 _LINE_COMMENT = {
-    "python": "#", "ruby": "#", "shellscript": "#", "bash": "#", "yaml": "#", "toml": "#",
-    "r": "#", "perl": "#", "dockerfile": "#", "sql": "--", "lua": "--", "haskell": "--",
+    "python": "#",
+    "ruby": "#",
+    "shellscript": "#",
+    "bash": "#",
+    "yaml": "#",
+    "toml": "#",
+    "r": "#",
+    "perl": "#",
+    "dockerfile": "#",
+    "sql": "--",
+    "lua": "--",
+    "haskell": "--",
 }
 
 
@@ -190,7 +200,9 @@ async def tabby_completions(
     result = await backend.complete(req)
     latency_ms = (time.perf_counter() - started) * 1000
     ingestor.submit_later(
-        served_records(principal, ctx, request_id, prefix, req.suffix, result, backend.name, latency_ms)
+        served_records(
+            principal, ctx, request_id, prefix, req.suffix, result, backend.name, latency_ms
+        )
     )
     return _json(
         {"id": request_id, "choices": [{"index": c.index, "text": c.text} for c in result.choices]}

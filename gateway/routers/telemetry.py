@@ -35,7 +35,11 @@ class TelemetryEvent(BaseModel):
     def _fields_for_type(self) -> TelemetryEvent:
         if self.type == "accepted" and self.accept_kind is None:
             self.accept_kind = "full"
-        if self.type == "accepted" and self.accept_kind in ("line", "word") and not self.accepted_text:
+        if (
+            self.type == "accepted"
+            and self.accept_kind in ("line", "word")
+            and not self.accepted_text
+        ):
             raise ValueError("accepted_text is required for a line or word accept")
         if self.type == "edited" and self.final_text is None:
             raise ValueError("final_text is required for an edited event")

@@ -9,9 +9,9 @@ def _history(gw, who: str, accept: int, reject: int) -> None:
     events = []
     for i in range(accept + reject):
         body = {"prompt": f"v{i} = ", "gristmill": {"language": "python"}}
-        sid = gw.client.post("/v1/completions", json=body, headers=gw.auth(who)).json()["choices"][0][
-            "suggestion_id"
-        ]
+        sid = gw.client.post("/v1/completions", json=body, headers=gw.auth(who)).json()["choices"][
+            0
+        ]["suggestion_id"]
         events.append({"event_id": f"{who}-s{i}", "suggestion_id": sid, "type": "shown"})
         kind = "accepted" if i < accept else "rejected"
         events.append({"event_id": f"{who}-o{i}", "suggestion_id": sid, "type": kind})

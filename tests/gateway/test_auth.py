@@ -64,8 +64,18 @@ def test_when_records_stored_then_user_id_appears_only_as_hmac(gw):
 def test_when_cli_creates_token_then_it_authenticates(gw):
     result = CliRunner().invoke(
         cli,
-        ["tokens", "create", "--tenant", "acme", "--user", "carol", "--role", "developer",
-         "--data-dir", str(gw.settings.data_dir)],
+        [
+            "tokens",
+            "create",
+            "--tenant",
+            "acme",
+            "--user",
+            "carol",
+            "--role",
+            "developer",
+            "--data-dir",
+            str(gw.settings.data_dir),
+        ],
     )
     assert result.exit_code == 0, result.output
     token = result.output.strip()
@@ -85,7 +95,10 @@ def test_when_cli_creates_token_then_it_authenticates(gw):
 @pytest.mark.parametrize(
     "args,field",
     [
-        (["--tenant", "Acme Corp", "--user", "x", "--role", "developer"], "tenant"),  # bad tenant name
+        (
+            ["--tenant", "Acme Corp", "--user", "x", "--role", "developer"],
+            "tenant",
+        ),  # bad tenant name
         (["--tenant", "acme", "--user", "x", "--role", "root"], "role"),  # unknown role
     ],
 )

@@ -47,8 +47,14 @@ def test_when_edit_outcome_posted_then_previous_and_new_code_stored(gw):
     doc = {
         "name": "editOutcome",
         "schema": "0.2.0",
-        "data": {"previousCode": "x = 1", "newCode": "x: int = 1", "accepted": True,
-                 "filepath": "a.py", "modelName": "m", "modelProvider": "openai"},
+        "data": {
+            "previousCode": "x = 1",
+            "newCode": "x: int = 1",
+            "accepted": True,
+            "filepath": "a.py",
+            "modelName": "m",
+            "modelProvider": "openai",
+        },
     }
     assert gw.client.post("/continue/dev-data", json=doc, headers=gw.auth()).status_code == 202
     gw.flush()

@@ -51,7 +51,10 @@ class Proc:
         with open(log, "ab") as out:
             self.p = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{settings.port}"
         deadline = time.monotonic() + 120
@@ -95,8 +98,10 @@ def test_when_killed_after_acks_then_restart_lands_each_acked_event_once(tmp_pat
             acked += [e["event_id"] for e in events]
     # a retry of acknowledged events, then the crash
     with httpx.Client(base_url=gw.url, headers=auth, timeout=30) as client:
-        client.post("/v1/telemetry/events",
-                    json={"events": [{"event_id": "b0-e0", "suggestion_id": "s0", "type": "shown"}]})
+        client.post(
+            "/v1/telemetry/events",
+            json={"events": [{"event_id": "b0-e0", "suggestion_id": "s0", "type": "shown"}]},
+        )
     gw.kill9()
 
     gw2 = Proc(settings, tmp_path / "gateway.log")
@@ -127,26 +132,53 @@ def test_when_secrets_sent_then_no_byte_on_disk_or_in_logs_has_them(tmp_path, up
         r = client.post("/v1/completions", json={"prompt": prefix, "suffix": f"# {EMAIL}\n"})
         assert r.status_code == 200
         sid = r.json()["choices"][0]["suggestion_id"]
-        r = client.post("/tabby/v1/completions", json={
-            "language": "python", "segments": {"prefix": prefix, "filepath": "/home/canary.person/app.py"}})
+        r = client.post(
+            "/tabby/v1/completions",
+            json={
+                "language": "python",
+                "segments": {"prefix": prefix, "filepath": "/home/canary.person/app.py"},
+            },
+        )
         assert r.status_code == 200
         events = [
-            {"event_id": "c1", "suggestion_id": sid, "type": "accepted", "accept_kind": "line",
-             "accepted_text": f"key = '{AWS_SECRET}'"},
-            {"event_id": "c2", "suggestion_id": sid, "type": "edited",
-             "final_text": f"{PEM}\n# mail {EMAIL}\nid = '{AWS_KEY_ID}'"},
+            {
+                "event_id": "c1",
+                "suggestion_id": sid,
+                "type": "accepted",
+                "accept_kind": "line",
+                "accepted_text": f"key = '{AWS_SECRET}'",
+            },
+            {
+                "event_id": "c2",
+                "suggestion_id": sid,
+                "type": "edited",
+                "final_text": f"{PEM}\n# mail {EMAIL}\nid = '{AWS_KEY_ID}'",
+            },
         ]
         assert client.post("/v1/telemetry/events", json={"events": events}).status_code == 202
         bad = client.post("/v1/telemetry/events", json={"events": [{"event_id": AWS_SECRET}]})
         assert bad.status_code == 422
-        client.post("/continue/dev-data", json={"name": "autocomplete", "data": {
-            "completionId": "k1", "completion": f"'{AWS_SECRET}'", "prefix": prefix, "accepted": True}})
+        client.post(
+            "/continue/dev-data",
+            json={
+                "name": "autocomplete",
+                "data": {
+                    "completionId": "k1",
+                    "completion": f"'{AWS_SECRET}'",
+                    "prefix": prefix,
+                    "accepted": True,
+                },
+            },
+        )
     time.sleep(1.5)
     gw.stop()
     stored = Catalog(settings.parquet_dir).query("SELECT count(*) FROM suggestions").rows[0][0]
     assert stored >= 3  # the records exist, redacted
-    texts = Catalog(settings.parquet_dir).query(
-        "SELECT prefix || coalesce(completion, '') FROM suggestions").rows
+    texts = (
+        Catalog(settings.parquet_dir)
+        .query("SELECT prefix || coalesce(completion, '') FROM suggestions")
+        .rows
+    )
     assert any("<AWS" in t[0] or "<EMAIL" in t[0] for t in texts)
     offenders = []
     for path in [*settings.data_dir.rglob("*"), log]:

@@ -28,7 +28,10 @@ def test_when_completing_at_temperature_zero_then_deterministic_and_recorded(egw
 def test_when_tabby_completion_then_served_by_local_model(egw):
     r = egw.client.post(
         "/tabby/v1/completions",
-        json={"language": "python", "segments": {"prefix": "import os\n\n\ndef main():\n    ", "suffix": ""}},
+        json={
+            "language": "python",
+            "segments": {"prefix": "import os\n\n\ndef main():\n    ", "suffix": ""},
+        },
         headers=egw.auth(),
     )
     assert r.status_code == 200, r.text
@@ -43,7 +46,9 @@ def test_when_streaming_from_embedded_then_same_text_as_non_streaming(egw):
 
     body = {"prompt": "class Stack:\n    def __init__(self):\n        ", "max_tokens": 10}
     plain = egw.client.post("/v1/completions", json=body, headers=egw.auth()).json()
-    with egw.client.stream("POST", "/v1/completions", json={**body, "stream": True}, headers=egw.auth()) as r:
+    with egw.client.stream(
+        "POST", "/v1/completions", json={**body, "stream": True}, headers=egw.auth()
+    ) as r:
         chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
     assert "".join(c["choices"][0]["text"] for c in chunks) == plain["choices"][0]["text"]
 

@@ -23,10 +23,19 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @settings(
     max_examples=25,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
 )
 def test_when_fuzzed_then_no_server_error(case, live_gateway):
     # An admin token reaches every route; auth failures would hide the handlers from the fuzzer.
     token = live_gateway.tokens["admin"]
     response = case.call(headers={"Authorization": f"Bearer {token}"})
-    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
+    assert response.status_code < 500, (
+        case.method,
+        case.path,
+        response.status_code,
+        response.text[:300],
+    )

@@ -22,7 +22,14 @@ def test_when_completion_requested_then_choices_carry_suggestion_ids_and_are_rec
         "FROM suggestions ORDER BY choice_index"
     )
     assert [r[0] for r in rows] == [c["suggestion_id"] for c in doc["choices"]]
-    assert rows[0][1:] == ("def add(a, b):\n    ", "\n", "return a + b\n", "openai", "openai_upstream", "acme")
+    assert rows[0][1:] == (
+        "def add(a, b):\n    ",
+        "\n",
+        "return a + b\n",
+        "openai",
+        "openai_upstream",
+        "acme",
+    )
 
 
 def test_when_upstream_gets_request_then_fim_prompt_rendered_by_gateway(gw, upstream):
@@ -105,7 +112,9 @@ def test_when_upstream_unreachable_then_503(gateway_factory):
 def test_when_openai_sdk_used_then_it_works_against_a_live_gateway(live_gateway):
     """The official OpenAI Python SDK against a real uvicorn server."""
     client = openai.OpenAI(base_url=live_gateway.url + "/v1", api_key=live_gateway.tokens["dev"])
-    completion = client.completions.create(model="gristmill-base", prompt="def add(a, b):\n    ", max_tokens=8)
+    completion = client.completions.create(
+        model="gristmill-base", prompt="def add(a, b):\n    ", max_tokens=8
+    )
     assert completion.choices[0].text == "return a + b\n"
     chat = client.chat.completions.create(
         model="gristmill-base", messages=[{"role": "user", "content": "hi"}]

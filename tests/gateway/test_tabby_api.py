@@ -49,11 +49,18 @@ def test_when_completion_requested_then_id_and_choices_and_context_in_prompt(gw,
         ({"type": "view"}, "", "shown", None),  # the suggestion was displayed
         ({"type": "select"}, "", "accepted", "full"),  # Tab: the whole suggestion
         ({"type": "select", "select_kind": "line"}, "", "accepted", "line"),  # line accept in body
-        ({"type": "select"}, "?select_kind=line", "accepted", "line"),  # line accept in query string
+        (
+            {"type": "select"},
+            "?select_kind=line",
+            "accepted",
+            "line",
+        ),  # line accept in query string
         ({"type": "dismiss"}, "", "rejected", None),  # dismissed
     ],
 )
-def test_when_event_posted_then_mapped_to_gristmill_event(gw, event, query, expected_type, expected_kind):
+def test_when_event_posted_then_mapped_to_gristmill_event(
+    gw, event, query, expected_type, expected_kind
+):
     cid = gw.client.post("/tabby/v1/completions", json=COMPLETION, headers=gw.auth()).json()["id"]
     body = {"completion_id": cid, "choice_index": 0, "view_id": "view-1", "elapsed": 1200, **event}
     r = gw.client.post(f"/tabby/v1/events{query}", json=body, headers=gw.auth())

@@ -13,11 +13,21 @@ def _serve(gw) -> str:
 def _events(sid: str) -> list[dict]:
     return [
         {"event_id": "e1", "suggestion_id": sid, "type": "shown"},
-        {"event_id": "e2", "suggestion_id": sid, "type": "accepted", "accept_kind": "line",
-         "accepted_text": "return a + b"},
+        {
+            "event_id": "e2",
+            "suggestion_id": sid,
+            "type": "accepted",
+            "accept_kind": "line",
+            "accepted_text": "return a + b",
+        },
         {"event_id": "e3", "suggestion_id": sid, "type": "edited", "final_text": "return a - b\n"},
-        {"event_id": "e4", "suggestion_id": sid, "type": "survived", "window_s": 300,
-         "final_text": "return a - b\n"},
+        {
+            "event_id": "e4",
+            "suggestion_id": sid,
+            "type": "survived",
+            "window_s": 300,
+            "final_text": "return a - b\n",
+        },
     ]
 
 
@@ -27,7 +37,9 @@ def test_when_batch_posted_then_202_and_every_event_lands(gw):
     assert r.status_code == 202
     assert r.json() == {"stored": 4, "quarantined": 0, "dropped": 0}
     gw.flush()
-    rows = gw.query("SELECT event_id, type, accept_kind, window_s, orphan FROM events ORDER BY event_id")
+    rows = gw.query(
+        "SELECT event_id, type, accept_kind, window_s, orphan FROM events ORDER BY event_id"
+    )
     assert rows == [
         ("e1", "shown", None, None, False),
         ("e2", "accepted", "line", None, False),
@@ -63,11 +75,23 @@ def test_when_other_tenant_reports_on_a_suggestion_then_it_does_not_attach(gw):
     "event,field",
     [
         ({"event_id": "b1", "suggestion_id": "s", "type": "liked"}, "type"),  # unknown type
-        ({"event_id": "b2", "suggestion_id": "s", "type": "edited"}, "final_text"),  # edit without text
-        ({"event_id": "b3", "suggestion_id": "s", "type": "survived", "final_text": "x"}, "window_s"),
-        ({"event_id": "b4", "suggestion_id": "s", "type": "shown", "elapsed_ms": "soon"}, "elapsed_ms"),
+        (
+            {"event_id": "b2", "suggestion_id": "s", "type": "edited"},
+            "final_text",
+        ),  # edit without text
+        (
+            {"event_id": "b3", "suggestion_id": "s", "type": "survived", "final_text": "x"},
+            "window_s",
+        ),
+        (
+            {"event_id": "b4", "suggestion_id": "s", "type": "shown", "elapsed_ms": "soon"},
+            "elapsed_ms",
+        ),
         ({"suggestion_id": "s", "type": "shown"}, "event_id"),  # missing idempotency key
-        ({"event_id": "b6", "suggestion_id": "s", "type": "shown", "ts": "2026-01-01T00:00:00"}, "ts"),
+        (
+            {"event_id": "b6", "suggestion_id": "s", "type": "shown", "ts": "2026-01-01T00:00:00"},
+            "ts",
+        ),
     ],
 )
 def test_when_event_invalid_then_422_names_field_and_batch_not_stored(gw, event, field):
@@ -76,7 +100,9 @@ def test_when_event_invalid_then_422_names_field_and_batch_not_stored(gw, event,
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
     doc = r.json()
-    assert field in doc["detail"] or any(field in ".".join(e["loc"]) + e["msg"] for e in doc["errors"])
+    assert field in doc["detail"] or any(
+        field in ".".join(e["loc"]) + e["msg"] for e in doc["errors"]
+    )
     gw.flush()
     assert gw.query("SELECT count(*) FROM events") == [(0,)]
 
@@ -93,7 +119,7 @@ def test_when_problem_returned_then_shape_is_pinned(gw):
     "raw",
     [
         b'{"events": [',  # truncated JSON
-        b"\xff\xfe{\"events\": []}",  # not UTF-8
+        b'\xff\xfe{"events": []}',  # not UTF-8
         b"[1, 2",  # garbage
     ],
 )
@@ -101,7 +127,8 @@ def test_when_body_malformed_then_400_and_earlier_data_intact(gw, raw):
     sid = _serve(gw)
     gw.client.post("/v1/telemetry/events", json={"events": _events(sid)}, headers=gw.auth())
     r = gw.client.post(
-        "/v1/telemetry/events", content=raw,
+        "/v1/telemetry/events",
+        content=raw,
         headers={**gw.auth(), "Content-Type": "application/json"},
     )
     assert r.status_code == 400
@@ -112,7 +139,11 @@ def test_when_body_malformed_then_400_and_earlier_data_intact(gw, raw):
 
 def test_when_body_oversize_then_413(gateway_factory, upstream):
     gw = gateway_factory(backend="openai_upstream", upstream_url=upstream.url, max_body_bytes=4096)
-    big = {"events": [{"event_id": "big", "suggestion_id": "s", "type": "edited", "final_text": "x" * 10_000}]}
+    big = {
+        "events": [
+            {"event_id": "big", "suggestion_id": "s", "type": "edited", "final_text": "x" * 10_000}
+        ]
+    }
     r = gw.client.post("/v1/telemetry/events", json=big, headers=gw.auth())
     assert r.status_code == 413
     assert "max_body_bytes" in r.json()["detail"]

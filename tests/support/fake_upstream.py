@@ -100,7 +100,9 @@ class _Http(asyncio.Protocol):
 
     def _send(self, status: int, payload: bytes, ctype: bytes = b"application/json") -> None:
         assert self.transport is not None
-        reason = {200: b"OK", 404: b"Not Found", 400: b"Bad Request", 500: b"Error"}.get(status, b"X")
+        reason = {200: b"OK", 404: b"Not Found", 400: b"Bad Request", 500: b"Error"}.get(
+            status, b"X"
+        )
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
             % (status, reason, ctype, len(payload))

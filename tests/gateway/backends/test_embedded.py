@@ -1,10 +1,13 @@
-"""The embedded backend on a real tiny transformers model, generating on this CPU."""
+"""The embedded backend on a real tiny transformers model, generating on this CPU.
+
+``tiny_model_dir`` is the session's bootstrap model (tests/fixtures_model.py): a 2-layer Llama
+with a byte-level BPE and Qwen FIM tokens, pretrained for a few steps, 128-token context.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import sysconfig
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -13,14 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gateway.backends import templates
 from gateway.backends.base import (
@@ -43,46 +39,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A byte-level BPE with Qwen FIM tokens and a random 2-layer Llama, saved like a hub model."""
-    out = tmp_path_factory.mktemp("tiny-model")
-    special = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    sources = [(stdlib / name).read_text() for name in ("textwrap.py", "bisect.py", "heapq.py")]
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(sources, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        eos_token="<|endoftext|>",
-        pad_token="<|fim_pad|>",
-        additional_special_tokens=special[1:],
-    )
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
-
-
 def _started(model_dir: Path, **options: Any) -> EmbeddedBackend:
     backend = EmbeddedBackend(model_dir, model_name="tiny", **options)
     run(backend.start())
@@ -98,7 +54,7 @@ def backend(tiny_model_dir: Path) -> Iterator[EmbeddedBackend]:
 
 @pytest.fixture(scope="module")
 def plain_backend(tiny_model_dir: Path) -> Iterator[EmbeddedBackend]:
-    """The same model without FIM: continues the prefix, which a random model does at length."""
+    """The same model continuing the bare prefix (no FIM), where it writes on to max_tokens."""
     started = _started(tiny_model_dir, prompt_family="plain")
     yield started
     run(started.close())
@@ -344,22 +300,33 @@ def test_when_max_tokens_is_reached_then_finish_reason_is_length(
     assert _joined(deltas) == {0: result.choices[0].text}
 
 
+def _fresh_window(text: str, size: int = 3) -> str:
+    """A printable piece of text that first occurs a few characters in."""
+    for start in range(4, len(text) - size):
+        window = text[start : start + size]
+        if window.isprintable() and window.isascii() and text.find(window) == start:
+            return window
+    raise AssertionError(f"no stop string candidate in {text!r}")
+
+
 def test_when_a_stop_string_appears_then_text_ends_before_it(
     plain_backend: EmbeddedBackend,
 ) -> None:
-    free = run(plain_backend.complete(CompletionRequest(prefix=PREFIX, max_tokens=24)))
+    # seeded sampling writes varied text, and the same seed replays it up to the stop
+    free_request = CompletionRequest(prefix=PREFIX, max_tokens=24, temperature=1.0, seed=3)
+    free = run(plain_backend.complete(free_request))
     text = free.choices[0].text
-    assert len(text) >= 12, "the fixture model should write at least a few words"
-    stop = text[6:9]
-    expected = text[: text.find(stop)]
-    request = CompletionRequest(prefix=PREFIX, max_tokens=24, stop=["never-there", stop])
+    stop = _fresh_window(text)
+    request = CompletionRequest(
+        prefix=PREFIX, max_tokens=24, temperature=1.0, seed=3, stop=["never-there", stop]
+    )
     stopped = run(plain_backend.complete(request))
-    assert stopped.choices[0].text == expected
+    assert stopped.choices[0].text == text[: text.find(stop)]
     assert stopped.choices[0].finish_reason == "stop"
     assert stopped.completion_tokens < free.completion_tokens
     # streamed: the held-back start of the stop string is never sent
     deltas = run(_collect(plain_backend.stream(request)))
-    assert _joined(deltas) == {0: expected}
+    assert _joined(deltas) == {0: text[: text.find(stop)]}
     assert _finishes(deltas) == {0: "stop"}
 
 
@@ -389,7 +356,10 @@ def _force_fim_stop_tokens(model: Any, tokenizer: Any) -> None:
     """Only <|fim_pad|> or <|fim_prefix|> can win: one of them is the first token, whatever x is.
 
     The final norm keeps one hidden dimension; the two rows read it with opposite signs.
+    The output layer is untied from the input embeddings first, which must stay intact.
     """
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
     model.model.norm.weight.zero_()
     model.model.norm.weight[0] = 1.0
     model.lm_head.weight.zero_()
@@ -553,7 +523,7 @@ def test_when_stream_consumer_leaves_then_decoding_stops_at_the_next_token(
             release.wait(timeout=30)
 
     async def scenario() -> None:
-        stream = plain_backend.stream(CompletionRequest(prefix=PREFIX, max_tokens=200))
+        stream = plain_backend.stream(CompletionRequest(prefix=PREFIX, max_tokens=80))
         await anext(stream)
         first_received.set()
         await stream.aclose()

@@ -1,0 +1,86 @@
+"""Trainer errors. Each knows the HTTP status the gateway should answer with.
+
+TrainerError (500)
+├── InvalidConfigError (422)       a config value is out of range
+├── NoSourcesError (422)           no usable *.py files under the source dirs
+├── CorpusTooSmallError (422)      sources too small to train and validate on
+├── CheckpointMismatchError (409)  output_dir holds checkpoints of another config or corpus
+├── ModelDirError (500)
+│   ├── IncompleteModelError (404) no complete model (manifest) in the directory
+│   ├── ManifestError (500)        the manifest is unreadable or malformed
+│   └── ModelWriteError (500)      writing checkpoints or the model failed (OSError)
+└── TrainingFailedError (500)      torch failed during training (e.g. out of memory)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "CheckpointMismatchError",
+    "CorpusTooSmallError",
+    "IncompleteModelError",
+    "InvalidConfigError",
+    "ManifestError",
+    "ModelDirError",
+    "ModelWriteError",
+    "NoSourcesError",
+    "TrainerError",
+    "TrainingFailedError",
+]
+
+
+class TrainerError(Exception):
+    http_status: int = 500
+    title: str = "Trainer error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidConfigError(TrainerError):
+    http_status = 422
+    title = "Invalid trainer configuration"
+
+
+class NoSourcesError(TrainerError):
+    http_status = 422
+    title = "No Python sources to train on"
+
+    def __init__(self, source_dirs: Sequence[Path]) -> None:
+        self.source_dirs = [Path(d) for d in source_dirs]
+        names = ", ".join(str(d) for d in self.source_dirs) or "(none given)"
+        super().__init__(f"no usable Python sources (*.py) found under: {names}")
+
+
+class CorpusTooSmallError(TrainerError):
+    http_status = 422
+    title = "Training corpus too small"
+
+
+class CheckpointMismatchError(TrainerError):
+    http_status = 409
+    title = "Checkpoints belong to another run"
+
+
+class ModelDirError(TrainerError):
+    title = "Model directory error"
+
+
+class IncompleteModelError(ModelDirError):
+    http_status = 404
+    title = "No complete model"
+
+
+class ManifestError(ModelDirError):
+    title = "Unreadable model manifest"
+
+
+class ModelWriteError(ModelDirError):
+    title = "Could not write the model"
+
+
+class TrainingFailedError(TrainerError):
+    title = "Training failed"

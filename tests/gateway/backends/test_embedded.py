@@ -300,8 +300,8 @@ def test_when_max_tokens_is_reached_then_finish_reason_is_length(
     assert _joined(deltas) == {0: result.choices[0].text}
 
 
-def _fresh_window(text: str, size: int = 3) -> str:
-    """A printable piece of text that first occurs a few characters in."""
+def _fresh_window(text: str, size: int = 6) -> str:
+    """Printable text, likely several tokens long, that first occurs a few characters in."""
     for start in range(4, len(text) - size):
         window = text[start : start + size]
         if window.isprintable() and window.isascii() and text.find(window) == start:

@@ -13,6 +13,7 @@ The connection can only read files under the Parquet directory, and its configur
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -119,10 +120,25 @@ def _literal(text: str) -> str:
 
 
 class Catalog:
-    """Read-only SQL over one Parquet directory. Cheap to build; thread-safe."""
+    """Read-only SQL over one Parquet directory; thread-safe.
+
+    One in-memory DuckDB database holds the views (built on first use, rebuilt when a record
+    type gets its first files); each query runs on its own cursor of it.
+    """
 
     def __init__(self, parquet_dir: Path) -> None:
         self._root = Path(parquet_dir).resolve()
+        self._lock = threading.Lock()
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._views_for: tuple[bool, ...] | None = None  # which kinds had files at build time
+
+    def close(self) -> None:
+        """Release the DuckDB database; a later query opens a new one."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+                self._views_for = None
 
     def query(self, sql: str, params: list[Any] | None = None) -> QueryResult:
         """Run one read-only statement (SELECT, WITH, DESCRIBE, EXPLAIN ...)."""
@@ -175,46 +191,63 @@ class Catalog:
     # -- internals ------------------------------------------------------------------------------
 
     def _run(self, sql: str, params: list[Any] | dict[str, Any] | None) -> QueryResult:
-        con = self._connect()
         try:
-            table = con.sql(sql, params=params).to_arrow_table()
+            cursor = self._cursor()
+        except duckdb.Error as exc:
+            raise QueryError(f"cannot open the catalog: {exc}") from exc
+        try:
+            table = cursor.sql(sql, params=params).to_arrow_table()
         except duckdb.PermissionException as exc:
             raise QueryForbidden(str(exc)) from exc
         except duckdb.Error as exc:
             raise QueryError(str(exc)) from exc
         finally:
-            con.close()
+            cursor.close()
         columns = [column.to_pylist(maps_as_pydicts="strict") for column in table.columns]
         return QueryResult(columns=list(table.column_names), rows=list(zip(*columns, strict=True)))
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        landed = tuple(self._has_files(kind) for kind in RECORD_KINDS.values())
+        with self._lock:
+            if self._db is None:
+                self._db = self._open()
+            if landed != self._views_for:
+                for (name, kind), has_files in zip(RECORD_KINDS.items(), landed, strict=True):
+                    rows_sql = self._rows_sql(kind, has_files)
+                    self._db.execute(f"CREATE OR REPLACE VIEW _{name}_rows AS {rows_sql}")
+                if self._views_for is None:  # these read the views above by name
+                    self._db.execute("CREATE VIEW suggestions AS SELECT * FROM _suggestion_rows")
+                    self._db.execute("CREATE VIEW quarantine AS SELECT * FROM _quarantine_rows")
+                    self._db.execute(_EVENTS_SQL)
+                    self._db.execute(_FEEDBACK_SQL)
+                self._views_for = landed
+            return self._db.cursor()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        db = duckdb.connect(
             ":memory:",
             config={"autoload_known_extensions": False, "autoinstall_known_extensions": False},
         )
         try:
-            con.execute("SET TimeZone = 'UTC'")
+            db.execute("SET GLOBAL TimeZone = 'UTC'")
             # Queries may read our Parquet files and nothing else on this machine.
-            con.execute(f"SET allowed_directories = [{_literal(str(self._root) + '/')}]")
-            con.execute("SET enable_external_access = false")
-            for name, kind in RECORD_KINDS.items():
-                con.execute(f"CREATE VIEW _{name}_rows AS {self._rows_sql(kind)}")
-            con.execute("CREATE VIEW suggestions AS SELECT * FROM _suggestion_rows")
-            con.execute("CREATE VIEW quarantine AS SELECT * FROM _quarantine_rows")
-            con.execute(_EVENTS_SQL)
-            con.execute(_FEEDBACK_SQL)
-            con.execute("SET lock_configuration = true")
+            db.execute(f"SET allowed_directories = [{_literal(str(self._root) + '/')}]")
+            db.execute("SET enable_external_access = false")
+            db.execute("SET lock_configuration = true")
         except BaseException:
-            con.close()
+            db.close()
             raise
-        return con
+        return db
 
-    def _rows_sql(self, kind: RecordKind) -> str:
+    def _has_files(self, kind: RecordKind) -> bool:
+        return next(iter((self._root / kind.folder).glob(_PART_GLOB)), None) is not None
+
+    def _rows_sql(self, kind: RecordKind, has_files: bool) -> str:
         """One row per tenant+id, with exactly the schema's columns (zero rows if no files)."""
         names = [field.name for field in kind.schema]
         columns = ", ".join(f'"{name}"' for name in names)
         folder = self._root / kind.folder
-        if not any(folder.glob(_PART_GLOB)):
+        if not has_files:
             typed_nulls = ", ".join(
                 f'CAST(NULL AS {_duckdb_type(field.type)}) AS "{field.name}"'
                 for field in kind.schema
@@ -237,9 +270,13 @@ def _check_read_only(sql: str) -> None:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from exc
+    for statement in statements:
+        _check_statement(statement)
     if len(statements) != 1:
         raise QueryError(f"expected exactly one statement, got {len(statements)}")
-    statement = statements[0]
+
+
+def _check_statement(statement: duckdb.Statement) -> None:
     if statement.type == duckdb.StatementType.EXPLAIN:
         inner = _EXPLAIN_PREFIX.sub("", statement.query, count=1)
         try:

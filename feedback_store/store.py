@@ -61,6 +61,7 @@ class FeedbackStore(RecordSink):
             "land_errors": 0,
         }
         self._last_land_error: str | None = None
+        self._catalog = Catalog(self._parquet_dir)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -103,8 +104,11 @@ class FeedbackStore(RecordSink):
         assert self._thread is not None and self._sink is not None
         self._thread.join()
         self._sink.close()  # seals the active segment; later appends get StoreClosed
-        with self._land_lock:
-            self._land_sealed(self._sink)
+        try:
+            with self._land_lock:
+                self._land_sealed(self._sink)
+        finally:
+            self._catalog.close()
 
     def __enter__(self) -> FeedbackStore:
         self.start()
@@ -131,7 +135,8 @@ class FeedbackStore(RecordSink):
             self._land_sealed(sink)
 
     def catalog(self) -> Catalog:
-        return Catalog(self._parquet_dir)
+        """The store's catalog (one shared DuckDB database; queries see landed records)."""
+        return self._catalog
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -77,12 +77,17 @@ class ParquetLander:
             return sum(len(ids) for ids in self._seen.values())
 
     def load_seen(self) -> int:
-        """Index every landed id; return the highest numeric batch name found (0 if none)."""
+        """Index every landed id; return the highest numeric batch name found (0 if none).
+
+        Also removes temporary files of landings a crash interrupted (call it before landing).
+        """
         self._root.mkdir(parents=True, exist_ok=True)
         highest = 0
         with self._lock:
             for name, kind in RECORD_KINDS.items():
                 folder = self._root / kind.folder
+                for stale in folder.glob("tenant=*/date=*/.part-*.parquet.tmp"):
+                    stale.unlink(missing_ok=True)
                 parts = list(folder.glob(PART_GLOB))
                 if not parts:
                     continue

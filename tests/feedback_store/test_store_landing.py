@@ -216,3 +216,18 @@ def test_when_empty_batch_appended_then_nothing_is_written(store, dirs):
     store.append([])
     assert list(log_dir.glob("*.seg")) == []
     assert store.stats["batches_appended"] == 0
+
+
+def test_when_a_landing_was_interrupted_then_start_removes_its_temporary_file(dirs):
+    log_dir, parquet_dir = dirs
+    partition = parquet_dir / "events" / "tenant=acme" / "date=2025-03-10"
+    partition.mkdir(parents=True)
+    stale = partition / ".part-00000000000000000007.parquet.tmp"
+    stale.write_bytes(b"PAR1 half written")
+    store = FeedbackStore(log_dir, parquet_dir, land_interval_s=3600)
+    store.start()
+    try:
+        assert not stale.exists()
+        assert store.catalog().query("SELECT count(*) FROM events").rows == [(0,)]
+    finally:
+        store.close()

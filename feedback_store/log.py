@@ -164,6 +164,11 @@ class LocalLogSink(RecordSink):
             self.batches_appended += 1
             self.bytes_appended += len(frame)
 
+    def advance_ids(self, *, past: int) -> None:
+        """Make every new segment id larger than ``past`` (ids already used elsewhere)."""
+        with self._cond:
+            self._next_id = max(self._next_id, past + 1)
+
     def seal(self) -> int | None:
         """Close the active segment if it holds frames; return its id (None if nothing to seal)."""
         with self._cond:

@@ -70,15 +70,12 @@ class FeedbackStore(RecordSink):
         with self._state_lock:
             if self._state != "new":
                 raise SinkUnavailable(f"store cannot start: it is {self._state}")
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            highest_landed = self._lander.load_seen()
-            # Segment ids also name Parquet files, so they must never repeat a landed one.
-            sink = LocalLogSink(
-                self._log_dir,
-                segment_bytes=self._segment_bytes,
-                first_segment_id=highest_landed + 1,
-            )
+            # The sink takes the directory lock first: a second process must not even read.
+            sink = LocalLogSink(self._log_dir, segment_bytes=self._segment_bytes)
             try:
+                highest_landed = self._lander.load_seen()
+                # Segment ids also name Parquet files, so they must never repeat a landed one.
+                sink.advance_ids(past=highest_landed)
                 with self._land_lock:
                     self._land_sealed(sink)
             except BaseException:

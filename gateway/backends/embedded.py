@@ -186,7 +186,7 @@ class EmbeddedBackend(ModelBackend):
 
     ``repetition_penalty`` (>= 1.0) divides the logits of tokens this choice already produced
     (prompt tokens are exempt: code legitimately repeats its identifiers). Tiny models loop
-    under greedy decoding; 1.1-1.2 breaks that, 1.0 turns it off.
+    under greedy decoding; about 1.2-1.5 breaks that, 1.0 turns it off.
 
     With ``temperature == 0`` and ``n > 1`` the backend decodes once and returns ``n``
     identical choices, as OpenAI does: greedy decoding has one answer.

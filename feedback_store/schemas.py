@@ -84,7 +84,7 @@ EVENT_SCHEMA = _schema(
         ("final_text", pa.string(), _N),
         ("accept_kind", pa.string(), _N),
         ("elapsed_ms", pa.float64(), _N),
-        ("window_s", pa.int32(), _N),
+        ("window_s", pa.float64(), _N),
         ("client_name", pa.string(), _N),
         ("source", pa.string(), _S),
         ("policy_version", pa.string(), _S),
@@ -194,7 +194,8 @@ class RecordKind:
         self.enum_items = tuple(enums.items())
 
 
-_SOURCES = frozenset({"openai", "chat", "tabby", "continue"})
+# Where a record came from: the API that served or reported it.
+_SOURCES = frozenset({"openai", "chat", "tabby", "continue", "continue_edit", "native"})
 _KEYS = frozenset({"tenant", "policy_version"})
 
 RECORD_KINDS: dict[str, RecordKind] = {

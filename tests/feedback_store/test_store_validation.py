@@ -38,7 +38,7 @@ def _without(record: dict, field: str) -> dict:
         (suggestion("s1", redaction_counts={"EMAIL": "1"}), "redaction_counts"),
         (suggestion("s1", redaction_counts={"EMAIL": -1}), "redaction_counts"),
         (suggestion("s1", redaction_counts=[("EMAIL", 1)]), "redaction_counts"),
-        (event("e1", "s1", "shown", window_s=1.5), "window_s"),
+        (event("e1", "s1", "shown", window_s="30"), "window_s"),
         # enums
         (suggestion("s1", source="vim"), "source"),
         (event("e1", "s1", "clicked"), "type"),

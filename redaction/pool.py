@@ -1,0 +1,248 @@
+"""Redaction off the event loop: one worker thread, or a pool of processes.
+
+Fail closed: every item gets an outcome, never an exception. A record that errors or runs
+past its time limit becomes a content-free `RedactionFailure`; the caller quarantines it.
+
+The time limit is enforced twice. Inside the worker, the Redactor checks a deadline
+between stages and bounds its regexes, so a slow record stops itself and frees the
+worker. Outside, a watchdog fails any item still running well past the limit (a worker
+stuck in native code); a stuck or dead process pool is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+import spacy
+
+from redaction.engine import DEFAULT_SPACY_MODEL, ner_entities
+from redaction.errors import EngineError, RedactionError, RedactionTimeout
+from redaction.policy import RedactionPolicy
+from redaction.redactor import RedactedFields, Redactor
+
+log = logging.getLogger("gristmill.redaction")
+
+READY_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class RedactionItem:
+    """One record to redact: its text fields and what the policy rules look at."""
+
+    fields: Mapping[str, str | None]
+    file_path: str | None = None
+    repo: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class RedactionFailure:
+    """Why a record was not redacted. Content-free: `timeout`, `worker_lost`, `error:<Type>`."""
+
+    reason: str
+
+
+Outcome = RedactedFields | RedactionFailure | None
+
+
+def redact_item(redactor: Redactor, item: RedactionItem, timeout_s: float | None) -> Outcome:
+    """Runs one item, turning any failure into a RedactionFailure (never the message:
+    exception texts may quote the payload)."""
+    try:
+        return redactor.redact(
+            item.fields,
+            file_path=item.file_path,
+            repo=item.repo,
+            tenant=item.tenant,
+            timeout_s=timeout_s,
+        )
+    except RedactionTimeout:
+        return RedactionFailure("timeout")
+    except Exception as exc:  # fail closed on anything
+        log.error("redaction failed: %s", type(exc).__name__)
+        return RedactionFailure(f"error:{type(exc).__name__}")
+
+
+# Worker processes only: the Redactor their initializer built.
+_worker_redactor: Redactor | None = None
+
+
+def _init_worker(policy: RedactionPolicy, key: bytes, spacy_model: str, cache_size: int) -> None:
+    global _worker_redactor
+    _worker_redactor = Redactor(policy, key=key, spacy_model=spacy_model, cache_size=cache_size)
+
+
+def _worker_redact(item: RedactionItem, timeout_s: float) -> Outcome:
+    if _worker_redactor is None:
+        return RedactionFailure("error:WorkerNotInitialized")
+    return redact_item(_worker_redactor, item, timeout_s)
+
+
+def _worker_version() -> str:
+    return _worker_redactor.policy_version if _worker_redactor else ""
+
+
+@dataclass
+class _State:
+    executor: Executor
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RedactionPool:
+    """Redacts batches of records with `workers` processes (0: one thread in this process)."""
+
+    def __init__(
+        self,
+        policy: RedactionPolicy,
+        *,
+        key: bytes,
+        workers: int,
+        timeout_s: float,
+        spacy_model: str = DEFAULT_SPACY_MODEL,
+        cache_size: int = 8192,
+    ) -> None:
+        if workers < 0:
+            raise ValueError("workers must be >= 0")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be > 0")
+        self.policy_version = policy.version
+        self._policy = policy
+        self._key = key
+        self._workers = workers
+        self._timeout_s = timeout_s
+        self._spacy_model = spacy_model
+        self._cache_size = cache_size
+        # Past this much running time an item is failed from outside (the worker's own
+        # deadline should have fired long before); a process pool pre-dispatches one item
+        # per worker, hence twice the limit.
+        self._backstop_s = 2 * timeout_s + 1.0
+        self._poll_s = min(1.0, max(0.01, timeout_s / 4))
+        self._closed = False
+        self._redactor: Redactor | None = None
+        if workers == 0:
+            self._redactor = Redactor(
+                policy, key=key, spacy_model=spacy_model, cache_size=cache_size
+            )
+            self._state = _State(
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-redaction")
+            )
+        else:
+            if ner_entities(policy) and not spacy.util.is_package(spacy_model):
+                raise EngineError(f"spaCy model '{spacy_model}' is not installed")
+            self._state = _State(self._new_process_pool())
+            self._wait_ready()
+
+    def _new_process_pool(self) -> ProcessPoolExecutor:
+        # spawn: the gateway process has threads (and maybe torch); forking it is unsafe.
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self._policy, self._key, self._spacy_model, self._cache_size),
+        )
+
+    def _wait_ready(self) -> None:
+        """Blocks until a worker has built its Redactor; a pool that cannot is refused."""
+        try:
+            versions = [
+                f.result(timeout=READY_TIMEOUT_S)
+                for f in [
+                    self._state.executor.submit(_worker_version) for _ in range(self._workers)
+                ]
+            ]
+        except Exception as exc:
+            self.close()
+            raise EngineError(f"redaction workers failed to start: {type(exc).__name__}") from exc
+        if any(v != self.policy_version for v in versions):
+            self.close()
+            raise EngineError("redaction workers started with another policy version")
+
+    async def redact_many(self, items: list[RedactionItem]) -> list[Outcome]:
+        """One outcome per item, in order: RedactedFields, None (dropped by policy) or
+        RedactionFailure. Never raises for an item's sake."""
+        if self._closed:
+            raise RedactionError("the redaction pool is closed")
+        executor = self._state.executor
+        waits = []
+        for item in items:
+            try:
+                if self._redactor is not None:
+                    future = executor.submit(redact_item, self._redactor, item, self._timeout_s)
+                else:
+                    future = executor.submit(_worker_redact, item, self._timeout_s)
+            except (BrokenProcessPool, RuntimeError) as exc:
+                log.error("redaction pool unavailable: %s", type(exc).__name__)
+                self._replace(executor)
+                executor = self._state.executor
+                waits.append(_failed(RedactionFailure("worker_lost")))
+                continue
+            waits.append(self._await(future, executor))
+        return list(await asyncio.gather(*waits))
+
+    async def _await(self, future: Future[Outcome], executor: Executor) -> Outcome:
+        waiter = asyncio.wrap_future(future)
+        started: float | None = None
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=self._poll_s)
+                if done:
+                    return self._outcome(waiter, executor)
+                now = time.monotonic()
+                if started is None and future.running():
+                    started = now
+                if started is not None and now - started > self._backstop_s:
+                    waiter.cancel()
+                    log.error(
+                        "redaction worker stuck past %.1fs; failing the record", now - started
+                    )
+                    self._replace(executor)
+                    return RedactionFailure("timeout")
+        except asyncio.CancelledError:
+            waiter.cancel()
+            raise
+
+    def _outcome(self, waiter: asyncio.Future[Outcome], executor: Executor) -> Outcome:
+        if waiter.cancelled():
+            return RedactionFailure("cancelled")
+        exc = waiter.exception()
+        if exc is None:
+            return waiter.result()
+        if isinstance(exc, BrokenProcessPool):
+            log.error("redaction worker process died")
+            self._replace(executor)
+            return RedactionFailure("worker_lost")
+        log.error("redaction failed: %s", type(exc).__name__)
+        return RedactionFailure(f"error:{type(exc).__name__}")
+
+    def _replace(self, broken: Executor) -> None:
+        """Swaps a broken or stuck process pool for a fresh one (threads are left alone:
+        a thread cannot be killed, and its record's own deadline will stop it)."""
+        if self._redactor is not None or self._closed:
+            return
+        with self._state.lock:
+            if self._state.executor is not broken:
+                return
+            self._state.executor = self._new_process_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
+        # ProcessPoolExecutor has no public way to stop a stuck worker before Python 3.14.
+        for process in list(getattr(broken, "_processes", {}).values()):
+            process.terminate()
+
+    def close(self) -> None:
+        """Stops the workers; waits for records already running."""
+        if self._closed:
+            return
+        self._closed = True
+        self._state.executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def _failed(failure: RedactionFailure) -> Outcome:
+    return failure

@@ -225,7 +225,7 @@ async def dev_data(
         runtime.metrics.inc(
             "gristmill_continue_events_ignored_total",
             help="Continue dev-data events acknowledged but not stored, by event name.",
-            name=label,
+            event=label,
         )
         return JSONResponse({"stored": 0, "quarantined": 0, "dropped": 0, "ignored": 1}, 202)
     receipt = await ingestor.submit(records)

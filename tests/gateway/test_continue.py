@@ -69,7 +69,7 @@ def test_when_other_event_name_then_acknowledged_counted_not_stored(gw):
     assert r.status_code == 202
     assert r.json()["ignored"] == 1
     metrics = gw.client.get("/metrics").text
-    assert 'gristmill_continue_events_ignored_total{name="chatFeedback"} 1' in metrics
+    assert 'gristmill_continue_events_ignored_total{event="chatFeedback"} 1' in metrics
     gw.flush()
     assert gw.query("SELECT count(*) FROM suggestions") == [(0,)]
 

@@ -226,6 +226,9 @@ class BootstrapConfig:
             "max_file_bytes": 60_000,
             "val_fraction": 0.05,
             "eval_batches": 4,
+            # Matrices this small gain nothing from a second thread, and on shared cores
+            # OpenMP's spinning threads slowed tiny runs tenfold.
+            "num_threads": 1,
         }
         values.update(overrides)
         return cls(output_dir=Path(output_dir), **values)
@@ -447,21 +450,30 @@ def _encode_documents(
     )
     window = seq_len - _FIM_OVERHEAD_TOKENS
     stream = array("i")
-    # Encode in groups: Encoding objects carry offsets and strings and are large.
+    # Encode in groups: Encoding objects carry offsets and strings and are large. Only FIM
+    # files need offsets (to cut windows); the rest take the faster path without them.
     for start in range(0, len(texts), group):
-        batch = texts[start : start + group]
-        encodings = tokenizer.encode_batch(list(batch), add_special_tokens=False)
+        batch = list(texts[start : start + group])
+        is_fim = [rng.random() < fim_rate for _ in batch]
+        fim_texts = [t for t, fim in zip(batch, is_fim, strict=True) if fim]
+        plain_texts = [t for t, fim in zip(batch, is_fim, strict=True) if not fim]
+        fim_offsets = iter(
+            [e.offsets for e in tokenizer.encode_batch(fim_texts, add_special_tokens=False)]
+        )
+        plain_ids = iter(
+            [e.ids for e in tokenizer.encode_batch_fast(plain_texts, add_special_tokens=False)]
+        )
         plan: list[list[int] | int] = []  # token ids of a plain file, or the index of a FIM part
         parts: list[str] = []
-        for text, encoding in zip(batch, encodings, strict=True):
-            if rng.random() < fim_rate:
-                for piece in _windows(text, encoding.offsets, window):
-                    prefix, middle, suffix = _fim_split(piece, rng)
-                    plan.append(len(parts))
-                    parts.extend((prefix, suffix, middle))
-            else:
-                plan.append(encoding.ids)
-        part_ids = [e.ids for e in tokenizer.encode_batch(parts, add_special_tokens=False)]
+        for text, fim in zip(batch, is_fim, strict=True):
+            if not fim:
+                plan.append(next(plain_ids))
+                continue
+            for piece in _windows(text, next(fim_offsets), window):
+                prefix, middle, suffix = _fim_split(piece, rng)
+                plan.append(len(parts))
+                parts.extend((prefix, suffix, middle))
+        part_ids = [e.ids for e in tokenizer.encode_batch_fast(parts, add_special_tokens=False)]
         for item in plan:
             if isinstance(item, int):
                 prefix_ids, suffix_ids, middle_ids = part_ids[item : item + 3]
@@ -915,7 +927,10 @@ def _train(config: BootstrapConfig, output_dir: Path, corpus: _Corpus, *, progre
             smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
             rate = session_tokens / max(now - session_start, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{rate:.0f}", refresh=False)
+            postfix = {"loss": f"{smoothed:.3f}", "tok_s": f"{rate:.0f}"}
+            if config.max_steps is None:
+                postfix["left"] = f"{max(budget_s - state.elapsed_s, 0.0):.0f}s"
+            bar.set_postfix(postfix, refresh=False)
             if now - last_checkpoint >= config.checkpoint_every_s:
                 _save_checkpoint(checkpoint_dir, fingerprint, model, optimizer, state)
                 last_checkpoint = time.monotonic()

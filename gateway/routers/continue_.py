@@ -1,8 +1,12 @@
 """Continue's development-data destination (`data:` block in Continue's config.yaml).
 
-Continue POSTs `{name, data, schema, level, profileId}` per event. We store schema 0.2.0
-`autocomplete` (one suggestion + its outcome) and `editOutcome` (previous vs new code);
-other event names are acknowledged and counted, not stored.
+Continue (core/data/log.ts, DataLogger.logToOneDestination) POSTs one JSON envelope per event,
+`{name, data, schema, level, profileId}`, with `Authorization: Bearer <apiKey>`; `data` is
+the event parsed by the zod schema of that version and level (packages/config-yaml/src/schemas/
+data), so unknown keys are already stripped. We store schema 0.2.0 `autocomplete` (one
+suggestion and its outcome) and `editOutcome` (code before vs after, or older Continue versions'
+prompt vs completion). Level `noCode` carries no code, so nothing can be learned from it: such
+events, and other event names, are acknowledged and counted, not stored.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -61,16 +66,30 @@ class AutocompleteData(BaseModel):
 
 
 class EditOutcomeData(BaseModel):
+    """Newer Continue sends previousCode/newCode; earlier 0.2.0 releases only prompt/completion."""
+
     model_config = ConfigDict(extra="ignore")
-    previousCode: str = Field(max_length=500_000)
-    newCode: str = Field(max_length=500_000)
+    previousCode: str | None = Field(default=None, max_length=500_000)
+    newCode: str | None = Field(default=None, max_length=500_000)
+    prompt: str | None = Field(default=None, max_length=500_000)
+    completion: str | None = Field(default=None, max_length=500_000)
     accepted: bool | None = None
     filepath: str | None = Field(default=None, max_length=4096)
     gitRepo: str | None = Field(default=None, max_length=2048)
     modelName: str | None = Field(default=None, max_length=256)
+    modelTitle: str | None = Field(default=None, max_length=256)
     modelProvider: str | None = Field(default=None, max_length=128)
-    prompt: str | None = Field(default=None, max_length=500_000)
     streamId: str | None = Field(default=None, max_length=128)
+
+    def before_after(self) -> tuple[str, str]:
+        if self.newCode is not None:
+            return self.previousCode or "", self.newCode
+        if self.completion is not None:
+            return self.prompt or "", self.completion
+        raise Unprocessable(
+            "data.newCode: field required (or data.completion, as older Continue versions send)",
+            errors=[{"loc": ["body", "data", "newCode"], "msg": "Field required"}],
+        )
 
 
 def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
@@ -82,6 +101,13 @@ def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
         ]
         first = errors[0]
         raise Unprocessable(f"{'.'.join(first['loc'][1:])}: {first['msg']}", errors=errors) from exc
+
+
+def _path(filepath: str | None) -> str | None:
+    """Continue sends file URIs; path rules in the redaction policy match plain paths."""
+    if filepath and filepath.startswith("file://"):
+        return unquote(urlsplit(filepath).path)
+    return filepath
 
 
 def _stable_id(*parts: str) -> str:
@@ -145,6 +171,13 @@ async def dev_data(
 ) -> JSONResponse:
     client_name, _ = client_from_user_agent(request.headers.get("user-agent"))
     records: list[RawRecord] = []
+    if envelope.level == "noCode" and envelope.name in _COUNTED_NAMES:
+        runtime.metrics.inc(
+            "gristmill_continue_nocode_events_total",
+            help="Continue dev-data events sent at level noCode: acknowledged, not stored.",
+            event=envelope.name,
+        )
+        return JSONResponse({"stored": 0, "quarantined": 0, "dropped": 0, "ignored": 1}, 202)
     if envelope.name == "autocomplete":
         d: AutocompleteData = _parse(AutocompleteData, envelope.data)
         sid = f"continue-{d.completionId}"
@@ -157,7 +190,7 @@ async def dev_data(
                 prefix=d.prefix,
                 suffix=d.suffix,
                 completion=d.completion,
-                file_path=d.filepath,
+                file_path=_path(d.filepath),
                 repo=d.gitRepo,
                 model=d.modelName,
                 provider=d.modelProvider,
@@ -185,21 +218,20 @@ async def dev_data(
             )
     elif envelope.name == "editOutcome":
         e: EditOutcomeData = _parse(EditOutcomeData, envelope.data)
-        sid = "continue-edit-" + _stable_id(
-            principal.user_hash, e.streamId or "", e.previousCode, e.newCode
-        )
+        before, after = e.before_after()
+        sid = "continue-edit-" + _stable_id(principal.user_hash, e.streamId or "", before, after)
         records.append(
             _suggestion(
                 principal,
                 sid=sid,
                 client_name=client_name,
                 source="continue_edit",
-                prefix=e.previousCode,
+                prefix=before,
                 suffix=None,
-                completion=e.newCode,
-                file_path=e.filepath,
+                completion=after,
+                file_path=_path(e.filepath),
                 repo=e.gitRepo,
-                model=e.modelName,
+                model=e.modelName or e.modelTitle,
                 provider=e.modelProvider,
                 latency_ms=0.0,
             )
@@ -216,7 +248,7 @@ async def dev_data(
                     type=kind,
                     source="continue",
                     accept_kind="full" if kind == "accepted" else None,
-                    accepted_text=e.newCode if kind == "accepted" else None,
+                    accepted_text=after if kind == "accepted" else None,
                     client_name=client_name or "continue",
                 )
             )

@@ -29,6 +29,11 @@ from gateway.recording import (
 
 router = APIRouter(prefix="/tabby", tags=["tabby"])
 
+# The Tabby server API level these routes implement, reported in HealthState.version. The
+# tabby-agent reads it with semver: below 0.9.0 it never fetches /v1beta/server_setting, so it
+# would not learn that its own usage reports to app.tabbyml.com must stay off.
+TABBY_API_VERSION = "0.11.1"
+
 # Context we prepend to the prefix as comments, bounded so the prompt stays small.
 _MAX_CONTEXT_CHARS = 2000
 _LINE_COMMENT = {
@@ -141,7 +146,7 @@ def _health(backend, settings) -> dict:
             "build_date": "2026-11-22",
             "build_timestamp": "2026-11-22T00:00:00Z",
             "git_sha": "gristmill",
-            "git_describe": f"v{__version__}-gristmill",
+            "git_describe": f"v{TABBY_API_VERSION}-gristmill-{__version__}",
         },
         "webserver": None,
     }

@@ -41,8 +41,6 @@ from trainer.errors import (
     TrainerError,
 )
 
-pytestmark = pytest.mark.slow
-
 SNIPPET = textwrap.dedent(
     '''\
     import os
@@ -97,6 +95,7 @@ CRASH_STEP = 30
 
 
 def _run_and_crash(config: BootstrapConfig, crash_point: str, checkpoint_every_s: float) -> None:
+    """Train in a child process that kills itself at `crash_point` (fault injection)."""
     child_config = dataclasses.replace(config, checkpoint_every_s=checkpoint_every_s)
     result = subprocess.run(
         [
@@ -229,6 +228,7 @@ def test_when_config_value_out_of_range_then_invalid_config_error(
 # ---------------------------------------------------------------- the built directory
 
 
+@pytest.mark.slow
 def test_when_tiny_model_loaded_offline_then_it_generates(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
@@ -242,6 +242,7 @@ def test_when_tiny_model_loaded_offline_then_it_generates(tiny_model_dir: Path) 
     assert isinstance(tokenizer.decode(new_tokens), str)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", SPECIAL_TOKENS)
 def test_when_special_token_encoded_then_it_is_a_single_token(
     tiny_model_dir: Path, token: str
@@ -252,6 +253,7 @@ def test_when_special_token_encoded_then_it_is_a_single_token(
     assert tokenizer.decode(ids) == token
 
 
+@pytest.mark.slow
 def test_when_tokenizer_loaded_then_eos_and_pad_match_the_model(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
@@ -262,6 +264,7 @@ def test_when_tokenizer_loaded_then_eos_and_pad_match_the_model(tiny_model_dir: 
     assert tokenizer.decode(tokenizer.encode(SNIPPET, add_special_tokens=False)) == SNIPPET
 
 
+@pytest.mark.slow
 def test_when_chat_template_applied_then_turns_render_in_order(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
     messages = [
@@ -282,6 +285,7 @@ def test_when_chat_template_applied_then_turns_render_in_order(tiny_model_dir: P
     assert tokenizer.eos_token_id in (ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
+@pytest.mark.slow
 def test_when_model_built_then_manifest_describes_it(
     tiny_model_dir: Path, tiny_model_config: BootstrapConfig
 ) -> None:
@@ -297,6 +301,7 @@ def test_when_model_built_then_manifest_describes_it(
     assert not (tiny_model_dir / CHECKPOINT_DIRNAME).exists()
 
 
+@pytest.mark.slow
 def test_when_trained_then_loss_is_lower_than_untrained(tiny_model_dir: Path) -> None:
     manifest = read_manifest(tiny_model_dir)
     assert manifest["loss_log"][-1][1] < manifest["loss_log"][0][1]
@@ -319,6 +324,7 @@ def test_when_fim_formatted_then_psm_order_is_used() -> None:
     )
 
 
+@pytest.mark.slow
 def test_when_every_file_is_fim_then_each_window_is_one_psm_example(
     tiny_model_dir: Path,
 ) -> None:
@@ -340,6 +346,7 @@ def test_when_every_file_is_fim_then_each_window_is_one_psm_example(
     assert "".join(pieces) == text  # windows cover the file without gaps or overlap
 
 
+@pytest.mark.slow
 def test_when_no_file_is_fim_then_files_are_kept_whole_and_end_with_eot(
     tiny_model_dir: Path,
 ) -> None:
@@ -355,6 +362,7 @@ def test_when_no_file_is_fim_then_files_are_kept_whole_and_end_with_eot(
     assert fim_ids.isdisjoint(stream)
 
 
+@pytest.mark.slow
 def test_when_fim_rate_is_half_then_both_kinds_of_examples_appear(tiny_model_dir: Path) -> None:
     tokenizer = _raw_tokenizer(tiny_model_dir)
     texts = [f"value_{i} = {i}\n" for i in range(200)]
@@ -370,6 +378,7 @@ def test_when_fim_rate_is_half_then_both_kinds_of_examples_appear(tiny_model_dir
 # ---------------------------------------------------------------- resume, idempotence, crashes
 
 
+@pytest.mark.slow
 def test_when_killed_after_a_checkpoint_then_resume_reaches_the_same_weights(
     crashed_mid_training: BootstrapConfig, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -386,6 +395,7 @@ def test_when_killed_after_a_checkpoint_then_resume_reaches_the_same_weights(
         assert resumed[key] == uninterrupted[key], key
 
 
+@pytest.mark.slow
 def test_when_checkpoints_come_from_another_config_then_resume_is_refused(
     crashed_mid_training: BootstrapConfig, tmp_path: Path
 ) -> None:
@@ -396,6 +406,7 @@ def test_when_checkpoints_come_from_another_config_then_resume_is_refused(
     assert not is_complete_model_dir(config.output_dir)
 
 
+@pytest.mark.slow
 def test_when_killed_before_the_manifest_then_dir_is_incomplete_and_a_rerun_finishes(
     tiny_model_config: BootstrapConfig, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -415,6 +426,7 @@ def test_when_killed_before_the_manifest_then_dir_is_incomplete_and_a_rerun_fini
     )
 
 
+@pytest.mark.slow
 def test_when_model_dir_is_complete_then_second_call_returns_without_writing(
     tiny_model_config: BootstrapConfig, tiny_model_dir: Path
 ) -> None:
@@ -487,6 +499,7 @@ def _corrupt_manifest(d: Path) -> None:
         (_corrupt_manifest, ManifestError),  # manifest unreadable
     ],
 )
+@pytest.mark.slow
 def test_when_model_dir_is_damaged_then_it_is_not_complete(
     tiny_model_dir: Path, tmp_path: Path, damage, error
 ) -> None:

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         default="auto", description="Prompt/FIM template; auto detects from the tokenizer."
     )
     device: str = Field(default="auto", description="torch device for the embedded backend.")
+    max_context_tokens: int | None = Field(
+        default=None, ge=16, description="Prompt+completion window; default: the model's own."
+    )
+    repetition_penalty: float = Field(
+        default=1.0,
+        ge=1.0,
+        le=2.0,
+        description="Penalty on tokens a choice already generated (tiny models loop; try 1.2).",
+    )
     max_tokens_limit: int = Field(default=512, ge=1, description="Upper bound on max_tokens.")
     default_max_tokens: int = Field(default=64, ge=1, description="max_tokens when not given.")
     upstream_url: str | None = Field(

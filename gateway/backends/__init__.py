@@ -37,6 +37,8 @@ def _embedded(settings: Settings) -> ModelBackend:
         model_name=settings.model_name,
         prompt_family=settings.prompt_family,
         device=settings.device,
+        max_context_tokens=settings.max_context_tokens,
+        repetition_penalty=settings.repetition_penalty,
     )
 
 

@@ -302,7 +302,7 @@ async def _stream_completion(
             for i, parts in sorted(texts.items())
         ],
         model_version=backend.model_version,
-        rendered_prompt=backend.render_completion_prompt(req),
+        rendered_prompt="",  # not recorded; rendering would tokenize on the event loop
     )
     latency_ms = (time.perf_counter() - started) * 1000
     ingestor.submit_later(

@@ -70,12 +70,12 @@ _FIM_OVERHEAD_TOKENS = 4
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{{ '### Assistant\n' + message['content'] + eos_token + '\n' }}"
+    "{{ '### Assistant\\n' + message['content'] + eos_token + '\\n' }}"
     "{%- else -%}"
-    "{{ '### ' + message['role'] | capitalize + '\n' + message['content'] + '\n' }}"
+    "{{ '### ' + message['role'] | capitalize + '\\n' + message['content'] + '\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '### Assistant\n' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '### Assistant\\n' }}{%- endif -%}"
 )
 
 
@@ -985,8 +985,11 @@ def _save_final(
         with _hf_progress_bars(progress):
             model.save_pretrained(staging)
         _wrap_tokenizer(tokenizer, config.seq_len).save_pretrained(staging)
+        # safetensors writes its file 0600; give every file the mode the umask gave config.json.
+        mode = (staging / "config.json").stat().st_mode & 0o777
         files: dict[str, dict[str, Any]] = {}
         for path in sorted(staging.iterdir()):
+            path.chmod(mode)
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
             files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256_file(path)}

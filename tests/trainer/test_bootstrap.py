@@ -299,6 +299,8 @@ def test_when_model_built_then_manifest_describes_it(
     assert len(manifest["corpus_hash"]) == 64 and len(manifest["weights_hash"]) == 64
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest["files"])
     assert not (tiny_model_dir / CHECKPOINT_DIRNAME).exists()
+    modes = {(tiny_model_dir / name).stat().st_mode & 0o777 for name in manifest["files"]}
+    assert len(modes) == 1  # the weights are not left owner-only while the rest is not
 
 
 @pytest.mark.slow

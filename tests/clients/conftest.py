@@ -40,12 +40,22 @@ def tabby_agent_cli(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prefix = tmp_path_factory.mktemp("tabby-agent-npm")
     proc = subprocess.run(
         [
-            npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-            "--ignore-scripts", f"tabby-agent@{TABBY_AGENT_VERSION}",
+            npm,
+            "install",
+            "--prefix",
+            str(prefix),
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            f"tabby-agent@{TABBY_AGENT_VERSION}",
         ],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert proc.returncode == 0, f"npm install failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"npm install failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    )
     package = prefix / "node_modules" / "tabby-agent"
     manifest = json.loads((package / "package.json").read_text())
     assert manifest["version"] == TABBY_AGENT_VERSION
@@ -100,7 +110,9 @@ def start_tabby_agent(cli: Path, home: TabbyAgentHome, *args: str) -> subprocess
 
 @pytest.fixture
 def tabby_home(tmp_path: Path, live_gateway: LiveGateway) -> TabbyAgentHome:
-    return TabbyAgentHome(tmp_path / "home", f"{live_gateway.url}/tabby", live_gateway.tokens["dev"])
+    return TabbyAgentHome(
+        tmp_path / "home", f"{live_gateway.url}/tabby", live_gateway.tokens["dev"]
+    )
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ Read in continuedev/continue (our own code below, not a copy):
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -194,3 +195,83 @@ def test_when_continue_has_no_api_key_then_401_and_nothing_stored(
     assert r.status_code == 401
     assert r.headers["content-type"] == "application/problem+json"
     assert stored_rows(live_gateway, "SELECT suggestion_id FROM suggestions", count=0) == []
+
+
+# The model block of the README's config.yaml, as Continue's OpenAI provider turns it into
+# requests (core/llm/llms/OpenAI.ts: _convertArgs, _legacystreamComplete, _streamChat).
+MAX_TOKENS = 512  # defaultCompletionOptions.maxTokens; Continue's own default is 4096
+MAX_STOP_WORDS = 4  # maxStopWords; Continue's autocomplete sends 7 or more stop words
+AUTOCOMPLETE_STOPS = [
+    "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>", "<|endoftext|>",
+    "</fim_middle>", "</code>", "\n\n",
+]  # fmt: skip
+
+
+def _sse_texts(response: httpx.Response, chat: bool) -> str:
+    """What Continue's streamSse yields: `data:` lines until [DONE]."""
+    text = ""
+    for line in response.iter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        choice = json.loads(line[len("data: ") :])["choices"][0]
+        text += (choice["delta"].get("content") or "") if chat else (choice.get("text") or "")
+    return text
+
+
+def _continue_openai_body(max_tokens: int, stops: list[str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "gristmill-base", "max_tokens": max_tokens, "temperature": 0.01,
+        "stream": True,
+    }  # fmt: skip
+    if stops is not None:
+        body["stop"] = stops
+    return body
+
+
+def test_when_continue_uses_readme_model_config_then_autocomplete_and_chat_stream(
+    live_gateway: LiveGateway,
+) -> None:
+    headers = {"Authorization": f"Bearer {live_gateway.tokens['dev']}"}
+    autocomplete = {
+        **_continue_openai_body(MAX_TOKENS, AUTOCOMPLETE_STOPS[:MAX_STOP_WORDS]),
+        "prompt": "<fim_prefix>def add(a, b):\n    <fim_suffix>\n<fim_middle>",
+    }
+    with httpx.stream(
+        "POST", f"{live_gateway.url}/v1/completions", json=autocomplete, headers=headers, timeout=30
+    ) as r:
+        assert r.status_code == 200, r.read()
+        assert _sse_texts(r, chat=False) == "return a + b\n"
+
+    chat = {
+        **_continue_openai_body(MAX_TOKENS, None),
+        "messages": [
+            {"role": "system", "content": "You are a helpful coding assistant."},
+            {"role": "user", "content": "How do I count words in Python?"},
+        ],
+    }
+    with httpx.stream(
+        "POST", f"{live_gateway.url}/v1/chat/completions", json=chat, headers=headers, timeout=30
+    ) as r:
+        assert r.status_code == 200, r.read()
+        assert _sse_texts(r, chat=True) == "Use a dict."
+
+
+@pytest.mark.parametrize(
+    "max_tokens,stops,field",
+    [
+        (4096, AUTOCOMPLETE_STOPS[:MAX_STOP_WORDS], "max_tokens"),  # without maxTokens
+        (MAX_TOKENS, AUTOCOMPLETE_STOPS, "stop"),  # without maxStopWords
+    ],
+)
+def test_when_continue_model_config_lacks_limits_then_refused_naming_the_setting(
+    live_gateway: LiveGateway, max_tokens: int, stops: list[str], field: str
+) -> None:
+    body = {**_continue_openai_body(max_tokens, stops), "prompt": "def add(a, b):\n    "}
+    r = httpx.post(
+        f"{live_gateway.url}/v1/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {live_gateway.tokens['dev']}"},
+        timeout=30,
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith(field)

@@ -30,6 +30,8 @@ from tests.clients.lsp import JsonLineClient, LspClient
 from tests.conftest import LiveGateway
 from tests.support.fake_upstream import COMPLETION_TEXT
 
+pytestmark = pytest.mark.slow  # real node subprocesses
+
 PREFIX = "def add(a, b):\n    "
 TEXT = PREFIX + "\n\nprint(add(1, 2))\n"
 REMOTE = "https://git.example.com/acme/calc.git"

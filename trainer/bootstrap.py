@@ -162,7 +162,7 @@ class BootstrapConfig:
         default=0.02, metadata={"help": "Share of files held out for validation loss."}
     )
     eval_batches: int = field(
-        default=8, metadata={"help": "Batches of held-out sequences per validation pass."}
+        default=4, metadata={"help": "Batches of held-out sequences per validation pass."}
     )
     checkpoint_every_s: float = field(
         default=60.0,
@@ -225,7 +225,6 @@ class BootstrapConfig:
             "max_source_bytes": 400_000,
             "max_file_bytes": 60_000,
             "val_fraction": 0.05,
-            "eval_batches": 4,
             # Matrices this small gain nothing from a second thread, and on shared cores
             # OpenMP's spinning threads slowed tiny runs tenfold.
             "num_threads": 1,

@@ -811,7 +811,12 @@ def _prepare_run(
                 f"checkpoints in {checkpoint_dir} come from another run (differs in: "
                 f"{', '.join(changed)}); delete that directory to start over"
             )
-        return Tokenizer.from_file(str(tokenizer_path)), fingerprint
+        try:
+            return Tokenizer.from_file(str(tokenizer_path)), fingerprint
+        except Exception as exc:  # tokenizers raises bare Exception for missing/bad files
+            raise CheckpointMismatchError(
+                f"cannot load {tokenizer_path}: {exc}; delete {checkpoint_dir} to start over"
+            ) from exc
     tokenizer = _train_tokenizer(corpus.train, config.vocab_size)
     _write_atomic(tokenizer_path, tokenizer.to_str().encode())
     # Written after the tokenizer, so its presence means the tokenizer is there.
@@ -1034,14 +1039,18 @@ def bootstrap_model(config: BootstrapConfig, *, progress: bool = True) -> Path:
     if is_complete_model_dir(output_dir):
         return output_dir
     try:
-        (output_dir / CHECKPOINT_DIRNAME).mkdir(parents=True, exist_ok=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelWriteError(f"cannot create {output_dir}: {exc}") from exc
     with _exclusive_lock(output_dir / _LOCK_NAME):
         if is_complete_model_dir(output_dir):
             return output_dir  # another process finished it while we waited for the lock
-        # A manifest that does not match its files must not survive into the new build.
-        (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        try:
+            # A manifest that does not match its files must not survive into the new build.
+            (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+            (output_dir / CHECKPOINT_DIRNAME).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ModelWriteError(f"cannot prepare {output_dir}: {exc}") from exc
         corpus = _collect_corpus(config)
 
         import torch

@@ -409,6 +409,16 @@ def test_when_checkpoints_come_from_another_config_then_resume_is_refused(
 
 
 @pytest.mark.slow
+def test_when_checkpointed_tokenizer_is_missing_then_resume_is_refused(
+    crashed_mid_training: BootstrapConfig, tmp_path: Path
+) -> None:
+    config = _copy_run(crashed_mid_training, tmp_path / "model")
+    (config.output_dir / CHECKPOINT_DIRNAME / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointMismatchError, match="tokenizer.json"):
+        bootstrap_model(config, progress=False)
+
+
+@pytest.mark.slow
 def test_when_killed_before_the_manifest_then_dir_is_incomplete_and_a_rerun_finishes(
     tiny_model_config: BootstrapConfig, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -135,6 +135,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="In-firewall gateway between IDE coding assistants and a private model. "
         "Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
+        # No OpenTelemetry from the framework: nothing may export anywhere unless settings say so.
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
     )
 
     @app.exception_handler(GatewayError)

@@ -15,7 +15,7 @@ from gateway.runtime import Runtime
 from gateway.settings import Settings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.ready:
         raise BackendUnavailable("the gateway is starting or stopping; retry shortly")
@@ -25,19 +25,19 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
-def get_backend(runtime: RuntimeDep) -> ModelBackend:
+async def get_backend(runtime: RuntimeDep) -> ModelBackend:
     return runtime.backend
 
 
-def get_ingestor(runtime: RuntimeDep) -> Ingestor:
+async def get_ingestor(runtime: RuntimeDep) -> Ingestor:
     return runtime.ingestor
 
 
-def get_store(runtime: RuntimeDep) -> FeedbackStore:
+async def get_store(runtime: RuntimeDep) -> FeedbackStore:
     return runtime.store
 
 
@@ -49,14 +49,14 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
+async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
     return runtime.tokens.authenticate(_bearer(request))
 
 
 def role(*roles: str):
     """Dependency factory: the caller must hold one of these roles."""
 
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         principal.require(*roles)
         return principal
 

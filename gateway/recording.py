@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,9 +11,14 @@ from gateway.auth import Principal
 from gateway.backends import CompletionResult
 from gateway.ingest import RawRecord
 
+# A random per-process stem plus a counter: unique across processes and restarts without a
+# getrandom() syscall per request (ids are identifiers, not secrets: events are authenticated).
+_STEM = secrets.token_hex(8)
+_COUNTER = itertools.count(1)
+
 
 def new_request_id(prefix: str = "cmpl") -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+    return f"{prefix}-{_STEM}{next(_COUNTER):08x}"
 
 
 def suggestion_id(request_id: str, index: int) -> str:

@@ -129,3 +129,17 @@ def render_chat_fallback(messages: Iterable[ChatMessageLike]) -> str:
     turns = [f"{m.role.strip().capitalize()}: {m.content}" for m in messages]
     turns.append("Assistant:")
     return "\n\n".join(turns)
+
+
+def split_fim(prompt: str) -> tuple[str, str] | None:
+    """Recovers (prefix, suffix) from a prompt a client already rendered in a FIM form.
+
+    Continue's OpenAI-style providers render the FIM prompt themselves and send no suffix;
+    rendering it again would nest templates and store FIM tokens as code.
+    """
+    for before, middle, after in _FIM_FORMS.values():
+        if prompt.startswith(before) and prompt.endswith(after) and middle in prompt:
+            body = prompt[len(before) : len(prompt) - len(after)]
+            prefix, _, suffix = body.partition(middle)
+            return prefix, suffix
+    return None

@@ -24,8 +24,9 @@ from gateway.backends import (
     ModelBackend,
     StreamDelta,
 )
+from gateway.backends.templates import split_fim
 from gateway.deps import BackendDep, Developer, IngestorDep, SettingsDep
-from gateway.errors import GatewayError, Unprocessable
+from gateway.errors import GatewayError
 from gateway.recording import (
     ServedContext,
     client_from_user_agent,
@@ -64,8 +65,8 @@ class _Sampling(BaseModel):
     @classmethod
     def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
         stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
         return value
@@ -92,6 +93,15 @@ class CompletionBody(_Sampling):
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
+    def cursor(self) -> tuple[str, str | None]:
+        """(prefix, suffix) at the cursor, undoing a FIM form the client rendered itself."""
+        prompt = self.prompt_text()
+        if self.suffix is None:
+            split = split_fim(prompt)
+            if split is not None:
+                return split
+        return prompt, self.suffix
+
 
 class ChatMessageBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -113,14 +123,10 @@ class ChatBody(_Sampling):
 
 
 def _max_tokens(settings: Any, requested: int | None) -> int:
+    # Clients ask for large budgets by default (Continue: 4096); clamp rather than refuse.
     if requested is None:
         return settings.default_max_tokens
-    if requested > settings.max_tokens_limit:
-        raise Unprocessable(
-            f"max_tokens: {requested} exceeds this gateway's limit of {settings.max_tokens_limit}",
-            errors=[{"loc": ["body", "max_tokens"], "msg": "too large"}],
-        )
-    return requested
+    return min(requested, settings.max_tokens_limit)
 
 
 def _context(
@@ -175,9 +181,10 @@ async def completions(
     ingestor: IngestorDep,
     settings: SettingsDep,
 ) -> Response:
+    prefix, suffix = body.cursor()
     req = CompletionRequest(
-        prefix=body.prompt_text(),
-        suffix=body.suffix,
+        prefix=prefix,
+        suffix=suffix,
         max_tokens=_max_tokens(settings, body.max_tokens),
         temperature=body.temperature,
         top_p=body.top_p,

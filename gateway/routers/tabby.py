@@ -190,7 +190,7 @@ async def tabby_completions(
         seed=body.seed,
         stop=["\n\n\n"],
     )
-    name, version = client_from_user_agent(request.headers.get("user-agent"))
+    name, version = _client(request)
     ctx = ServedContext(
         source="tabby",
         client_name=name,
@@ -212,6 +212,14 @@ async def tabby_completions(
     return _json(
         {"id": request_id, "choices": [{"index": c.index, "text": c.text} for c in result.choices]}
     )
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    # tabby-agent sends node's generic user agent; name it for what it is.
+    name, version = client_from_user_agent(request.headers.get("user-agent"))
+    if name in (None, "node", "undici"):
+        return "tabby-agent", None
+    return name, version
 
 
 _TYPES = {"view": "shown", "select": "accepted", "dismiss": "rejected"}
@@ -236,7 +244,7 @@ async def tabby_events(
         f"{body.completion_id}\x1f{body.choice_index}\x1f{body.type}\x1f{body.view_id}\x1f"
         f"{body.select_kind or select_kind}".encode()
     ).hexdigest()[:32]
-    client_name, _ = client_from_user_agent(request.headers.get("user-agent"))
+    client_name, _ = _client(request)
     await ingestor.submit(
         [
             event_record(

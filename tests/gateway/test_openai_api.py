@@ -124,3 +124,22 @@ def test_when_openai_sdk_used_then_it_works_against_a_live_gateway(live_gateway)
     assert "".join(c.choices[0].text for c in stream) == "return a + b\n"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=live_gateway.url + "/v1", api_key="wrong").models.list()
+
+
+def test_when_client_sends_rendered_fim_prompt_then_split_into_prefix_and_suffix(gw, upstream):
+    """Continue renders `<fim_prefix>…<fim_suffix>…<fim_middle>` itself and sends no suffix."""
+    prompt = "<fim_prefix>def add(a, b):\n    <fim_suffix>\nprint(add(1, 2))\n<fim_middle>"
+    r = gw.client.post("/v1/completions", json={"prompt": prompt}, headers=gw.auth())
+    assert r.status_code == 200
+    gw.flush()
+    assert gw.query("SELECT prefix, suffix FROM suggestions") == [
+        ("def add(a, b):\n    ", "\nprint(add(1, 2))\n")
+    ]
+
+
+def test_when_max_tokens_over_limit_then_clamped(gw, upstream):
+    r = gw.client.post(
+        "/v1/completions", json={"prompt": "x", "max_tokens": 4096}, headers=gw.auth()
+    )
+    assert r.status_code == 200
+    assert upstream.last_body["max_tokens"] == gw.settings.max_tokens_limit

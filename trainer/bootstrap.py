@@ -825,7 +825,6 @@ def _prepare_run(
 
 
 def _as_chunks(stream: array, seq_len: int, limit: int | None = None) -> torch.Tensor:
-    import numpy as np
     import torch
 
     n = len(stream) // seq_len
@@ -833,8 +832,9 @@ def _as_chunks(stream: array, seq_len: int, limit: int | None = None) -> torch.T
         n = min(n, limit)
     if n == 0:
         return torch.empty((0, seq_len), dtype=torch.int32)
-    data = np.frombuffer(stream, dtype=np.int32, count=n * seq_len)
-    return torch.from_numpy(data.copy()).view(n, seq_len)
+    # array("i") is C int: 32 bits on every platform torch supports.
+    data = torch.frombuffer(stream, dtype=torch.int32, count=n * seq_len)
+    return data.clone().view(n, seq_len)
 
 
 def _train(config: BootstrapConfig, output_dir: Path, corpus: _Corpus, *, progress: bool) -> Path:

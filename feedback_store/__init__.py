@@ -6,14 +6,18 @@ Embedded mode::
     store.start()
     store.append([{"record_type": "suggestion", ...}])   # durable on return
     store.catalog().acceptance("acme", "model_version")
+    store.compact()                                      # also runs every 10 min by itself
     store.close()
 """
 
 from .catalog import ACCEPTANCE_GROUPS, Catalog, QueryResult
+from .compaction import CompactionResult
 from .errors import (
+    CompactionFailed,
     LandingFailed,
     QueryError,
     QueryForbidden,
+    QueryTimeout,
     RecordInvalid,
     SinkUnavailable,
     StoreClosed,
@@ -37,6 +41,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUGGESTION_SCHEMA",
     "Catalog",
+    "CompactionFailed",
+    "CompactionResult",
     "FeedbackStore",
     "LandResult",
     "LandingFailed",
@@ -45,6 +51,7 @@ __all__ = [
     "QueryError",
     "QueryForbidden",
     "QueryResult",
+    "QueryTimeout",
     "RecordInvalid",
     "RecordSink",
     "SinkUnavailable",

@@ -1,6 +1,8 @@
 """Read-only SQL over the landed Parquet files (DuckDB), and the acceptance analytics.
 
-Every query gets a fresh in-memory DuckDB connection with these views:
+Every query gets its own cursor of one in-memory DuckDB database, with these views over the
+files visible when the query starts (see ``_layout``: files a compaction superseded are left
+out, so a query never reads both a compact file and its inputs):
 
 - ``suggestions``, ``quarantine``: one row per tenant+id (duplicates that slipped through are
   dropped here too, the earliest landed batch wins);
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,12 +26,14 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from .errors import QueryError, QueryForbidden
+from ._layout import visible_files
+from .compaction import BATCH_ORDER_SQL
+from .errors import QueryError, QueryForbidden, QueryTimeout
 from .schemas import RECORD_KINDS, RecordKind
 
 __all__ = ["ACCEPTANCE_GROUPS", "Catalog", "QueryResult"]
 
-_PART_GLOB = "tenant=*/date=*/*.parquet"
+_FETCH_BATCH_ROWS = 8192
 
 ACCEPTANCE_GROUPS = {
     "model_version": "model_version",
@@ -41,7 +47,7 @@ ACCEPTANCE_GROUPS = {
 _EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(?:analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
 
 _FEEDBACK_SQL = """
-CREATE VIEW feedback AS
+CREATE TEMP VIEW feedback AS
 WITH outcome AS (
     SELECT tenant, suggestion_id,
         bool_or(type = 'shown') AS any_shown,
@@ -87,7 +93,7 @@ LEFT JOIN outcome o ON o.tenant = s.tenant AND o.suggestion_id = s.suggestion_id
 """
 
 _EVENTS_SQL = """
-CREATE VIEW events AS
+CREATE TEMP VIEW events AS
 SELECT e.*, NOT EXISTS (
     SELECT 1 FROM suggestions s WHERE s.tenant = e.tenant AND s.suggestion_id = e.suggestion_id
 ) AS orphan
@@ -99,6 +105,7 @@ FROM _event_rows e
 class QueryResult:
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    truncated: bool = False  # the statement had more rows than max_rows; rows holds the first
 
 
 def _duckdb_type(dtype: pa.DataType) -> str:
@@ -122,15 +129,14 @@ def _literal(text: str) -> str:
 class Catalog:
     """Read-only SQL over one Parquet directory; thread-safe.
 
-    One in-memory DuckDB database holds the views (built on first use, rebuilt when a record
-    type gets its first files); each query runs on its own cursor of it.
+    One in-memory DuckDB database (locked-down configuration) serves every query; each query
+    runs on its own cursor, whose temporary views name the files visible at its start.
     """
 
     def __init__(self, parquet_dir: Path) -> None:
         self._root = Path(parquet_dir).resolve()
         self._lock = threading.Lock()
         self._db: duckdb.DuckDBPyConnection | None = None
-        self._views_for: tuple[bool, ...] | None = None  # which kinds had files at build time
 
     def close(self) -> None:
         """Release the DuckDB database; a later query opens a new one."""
@@ -138,12 +144,27 @@ class Catalog:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-                self._views_for = None
 
-    def query(self, sql: str, params: list[Any] | None = None) -> QueryResult:
-        """Run one read-only statement (SELECT, WITH, DESCRIBE, EXPLAIN ...)."""
+    def query(
+        self,
+        sql: str,
+        params: list[Any] | None = None,
+        *,
+        max_rows: int | None = 100_000,
+        timeout_s: float | None = 30,
+    ) -> QueryResult:
+        """Run one read-only statement (SELECT, WITH, DESCRIBE, EXPLAIN ...).
+
+        At most ``max_rows`` rows come back (``truncated`` says whether there were more); a
+        statement still running after ``timeout_s`` seconds is interrupted (QueryTimeout).
+        ``None`` lifts either limit.
+        """
+        if max_rows is not None and max_rows < 0:
+            raise QueryError("max_rows must not be negative")
+        if timeout_s is not None and timeout_s <= 0:
+            raise QueryError("timeout_s must be positive")
         _check_read_only(sql)
-        return self._run(sql, params)
+        return self._run(sql, params, max_rows=max_rows, timeout_s=timeout_s)
 
     def acceptance(
         self,
@@ -176,7 +197,7 @@ class Catalog:
             GROUP BY grp
             ORDER BY grp
         """
-        result = self._run(sql, params)
+        result = self._run(sql, params, max_rows=None, timeout_s=None)
         return [
             {
                 "group": str(group),
@@ -190,38 +211,54 @@ class Catalog:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _run(self, sql: str, params: list[Any] | dict[str, Any] | None) -> QueryResult:
+    def _run(
+        self,
+        sql: str,
+        params: list[Any] | dict[str, Any] | None,
+        *,
+        max_rows: int | None,
+        timeout_s: float | None,
+    ) -> QueryResult:
         try:
             cursor = self._cursor()
         except duckdb.Error as exc:
             raise QueryError(f"cannot open the catalog: {exc}") from exc
         try:
-            table = cursor.sql(sql, params=params).to_arrow_table()
-        except duckdb.PermissionException as exc:
-            raise QueryForbidden(str(exc)) from exc
-        except duckdb.Error as exc:
-            raise QueryError(str(exc)) from exc
+            with _deadline(cursor, timeout_s) as timed_out:
+                try:
+                    self._create_views(cursor)
+                    table, truncated = _fetch(cursor.sql(sql, params=params), max_rows)
+                except duckdb.PermissionException as exc:
+                    raise QueryForbidden(str(exc)) from exc
+                # Errors while streaming rows reach us through Arrow as OSError/ArrowException.
+                except (duckdb.Error, OSError, pa.ArrowException) as exc:
+                    if timed_out.is_set():
+                        raise QueryTimeout(f"query timed out after {timeout_s:g} s") from exc
+                    raise QueryError(str(exc)) from exc
         finally:
             cursor.close()
         columns = [column.to_pylist(maps_as_pydicts="strict") for column in table.columns]
-        return QueryResult(columns=list(table.column_names), rows=list(zip(*columns, strict=True)))
+        return QueryResult(
+            columns=list(table.column_names),
+            rows=list(zip(*columns, strict=True)),
+            truncated=truncated,
+        )
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
-        landed = tuple(self._has_files(kind) for kind in RECORD_KINDS.values())
         with self._lock:
             if self._db is None:
                 self._db = self._open()
-            if landed != self._views_for:
-                for (name, kind), has_files in zip(RECORD_KINDS.items(), landed, strict=True):
-                    rows_sql = self._rows_sql(kind, has_files)
-                    self._db.execute(f"CREATE OR REPLACE VIEW _{name}_rows AS {rows_sql}")
-                if self._views_for is None:  # these read the views above by name
-                    self._db.execute("CREATE VIEW suggestions AS SELECT * FROM _suggestion_rows")
-                    self._db.execute("CREATE VIEW quarantine AS SELECT * FROM _quarantine_rows")
-                    self._db.execute(_EVENTS_SQL)
-                    self._db.execute(_FEEDBACK_SQL)
-                self._views_for = landed
             return self._db.cursor()
+
+    def _create_views(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        """Temporary views of this cursor only: other queries may see other file sets."""
+        for name, kind in RECORD_KINDS.items():
+            rows_sql = self._rows_sql(kind, visible_files(self._root / kind.folder))
+            cursor.execute(f"CREATE TEMP VIEW _{name}_rows AS {rows_sql}")
+        cursor.execute("CREATE TEMP VIEW suggestions AS SELECT * FROM _suggestion_rows")
+        cursor.execute("CREATE TEMP VIEW quarantine AS SELECT * FROM _quarantine_rows")
+        cursor.execute(_EVENTS_SQL)
+        cursor.execute(_FEEDBACK_SQL)
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         db = duckdb.connect(
@@ -239,30 +276,72 @@ class Catalog:
             raise
         return db
 
-    def _has_files(self, kind: RecordKind) -> bool:
-        return next(iter((self._root / kind.folder).glob(_PART_GLOB)), None) is not None
-
-    def _rows_sql(self, kind: RecordKind, has_files: bool) -> str:
+    def _rows_sql(self, kind: RecordKind, files: list[Path]) -> str:
         """One row per tenant+id, with exactly the schema's columns (zero rows if no files)."""
         names = [field.name for field in kind.schema]
         columns = ", ".join(f'"{name}"' for name in names)
-        folder = self._root / kind.folder
-        if not has_files:
+        if not files:
             typed_nulls = ", ".join(
                 f'CAST(NULL AS {_duckdb_type(field.type)}) AS "{field.name}"'
                 for field in kind.schema
             )
             return f"SELECT {typed_nulls} WHERE false"
+        # Tenant folders are percent-encoded, so paths hold no glob characters of their own.
+        file_list = ", ".join(_literal(str(path)) for path in files)
         source = (
-            f"read_parquet({_literal(str(folder / _PART_GLOB))}, hive_partitioning = true, "
+            f"read_parquet([{file_list}], hive_partitioning = true, "
             "union_by_name = true, hive_types = {'tenant': VARCHAR, 'date': DATE}, "
             "filename = true)"
         )
         return (
             f"SELECT {columns} FROM {source} "
             f'QUALIFY row_number() OVER (PARTITION BY tenant, "{kind.id_field}" '
-            "ORDER BY regexp_extract(filename, 'part-([^/]+)\\.parquet$', 1), filename) = 1"
+            f"ORDER BY {BATCH_ORDER_SQL}, filename) = 1"
         )
+
+
+def _fetch(relation: duckdb.DuckDBPyRelation | None, max_rows: int | None) -> tuple[pa.Table, bool]:
+    """Stream the result; stop reading after max_rows + 1 rows (DuckDB stops producing too)."""
+    if relation is None:  # a statement without a result set
+        return pa.table({}), False
+    reader = relation.to_arrow_reader(_FETCH_BATCH_ROWS)
+    if max_rows is None:
+        return reader.read_all(), False
+    batches: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        batches.append(batch)
+        count += batch.num_rows
+        if count > max_rows:
+            break
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    if count > max_rows:
+        return table.slice(0, max_rows), True
+    return table, False
+
+
+@contextmanager
+def _deadline(
+    cursor: duckdb.DuckDBPyConnection, timeout_s: float | None
+) -> Iterator[threading.Event]:
+    """Interrupt the cursor's statement after timeout_s; the event tells that it happened."""
+    timed_out = threading.Event()
+    if timeout_s is None:
+        yield timed_out
+        return
+
+    def interrupt() -> None:
+        timed_out.set()
+        cursor.interrupt()
+
+    timer = threading.Timer(timeout_s, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield timed_out
+    finally:
+        timer.cancel()
+        timer.join()  # never interrupt a cursor that is being closed or reused
 
 
 def _check_read_only(sql: str) -> None:

@@ -5,7 +5,9 @@ StoreError (500)
  ├── SinkUnavailable (503)    the log cannot take records (not started, disk error, dir in use)
  │    └── StoreClosed (503)   the store or sink was closed
  ├── LandingFailed (500)      a segment could not be landed; it stays in the log for a retry
+ ├── CompactionFailed (500)   merging Parquet files failed; the inputs stay as they were
  ├── QueryError (400)         DuckDB refused or failed the query (message included)
+ │    └── QueryTimeout (504)  the query ran longer than its timeout and was interrupted
  └── QueryForbidden (403)     the statement is not read-only
 
 Each class carries its HTTP status in ``http_status``; the gateway renders them as problem+json.
@@ -16,9 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CompactionFailed",
     "LandingFailed",
     "QueryError",
     "QueryForbidden",
+    "QueryTimeout",
     "RecordInvalid",
     "SinkUnavailable",
     "StoreClosed",
@@ -70,10 +74,22 @@ class LandingFailed(StoreError):
     http_status = 500
 
 
+class CompactionFailed(StoreError):
+    """Merging small Parquet files failed; nothing was swapped, the next run retries."""
+
+    http_status = 500
+
+
 class QueryError(StoreError):
     """The query failed in DuckDB (syntax, binding, runtime) or had bad arguments."""
 
     http_status = 400
+
+
+class QueryTimeout(QueryError):
+    """The query was interrupted because it ran longer than its timeout."""
+
+    http_status = 504
 
 
 class QueryForbidden(StoreError):

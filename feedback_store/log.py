@@ -191,6 +191,17 @@ class LocalLogSink(RecordSink):
             sealed = sum(1 for seg in self._list_segments() if seg.id != active.id)
             return sealed + (1 if active.frames else 0)
 
+    def first_unlanded_id(self) -> int:
+        """The oldest segment id that may still be landed (again): every lower segment is gone.
+
+        Syncs the directory first, so those deletions survive a power loss: a landed segment
+        that reappeared would replay over Parquet files that compaction has merged since.
+        Call it while nothing deletes segments (the store holds its landing lock).
+        """
+        fsync_dir(self._dir)  # outside the lock: appends must not wait for it
+        with self._cond:
+            return min([self._next_id, *(seg.id for seg in self._list_segments())])
+
     def delete(self, segment_id: int) -> None:
         """Remove a landed segment. Not fsynced: a segment that reappears lands idempotently."""
         with self._cond:

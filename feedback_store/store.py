@@ -1,16 +1,19 @@
-"""FeedbackStore: validated records -> durable local log -> Parquet, with a lander thread."""
+"""FeedbackStore: validated records -> durable local log -> Parquet, with a lander thread
+that also compacts small Parquet files now and then."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
 from .codec import decode_batch
-from .errors import LandingFailed, SinkUnavailable, StoreClosed
+from .compaction import DEFAULT_MIN_FILES, DEFAULT_TARGET_BYTES, CompactionResult, Compactor
+from .errors import CompactionFailed, LandingFailed, SinkUnavailable, StoreClosed
 from .log import LocalLogSink, RecordSink, read_segment
 from .schemas import validate_records
 from .writer import ParquetLander
@@ -26,8 +29,13 @@ class FeedbackStore(RecordSink):
     It is itself a RecordSink (validating in front of its LocalLogSink), so the gateway's
     ingest path can write to it or, in distributed mode, to another sink.
 
-    Lifecycle: ``start()`` (replays any segments left by an earlier run, then starts the lander
-    thread), ``append``/``flush``/``catalog`` while running, ``close()`` (final landing).
+    Lifecycle: ``start()`` (finishes an interrupted compaction, replays any segments left by an
+    earlier run, then starts the lander thread), ``append``/``flush``/``compact``/``catalog``
+    while running, ``close()`` (final landing).
+
+    Every ``compact_interval_s`` (0: never) the lander thread runs ``compact()``. Files that a
+    compaction superseded are deleted ``compact_grace_s`` after it, on a later run: queries
+    that listed them before (in any process) must finish within that time.
     """
 
     def __init__(
@@ -37,14 +45,21 @@ class FeedbackStore(RecordSink):
         *,
         segment_bytes: int = 16 << 20,
         land_interval_s: float = 5.0,
+        compact_interval_s: float = 600.0,
+        compact_grace_s: float = 300.0,
     ) -> None:
         if land_interval_s <= 0:
             raise ValueError("land_interval_s must be positive")
+        if compact_interval_s < 0:
+            raise ValueError("compact_interval_s must not be negative")
         self._log_dir = Path(log_dir)
         self._parquet_dir = Path(parquet_dir)
         self._segment_bytes = segment_bytes
         self._land_interval_s = land_interval_s
+        self._compact_interval_s = compact_interval_s
         self._lander = ParquetLander(self._parquet_dir)
+        self._compactor = Compactor(self._parquet_dir, grace_s=compact_grace_s)
+        self._compact_lock = threading.Lock()  # one compaction at a time
         self._sink: LocalLogSink | None = None
         self._state = "new"  # new -> running -> closed
         self._state_lock = threading.Lock()
@@ -59,8 +74,13 @@ class FeedbackStore(RecordSink):
             "segments_landed": 0,
             "torn_segments": 0,
             "land_errors": 0,
+            "compactions": 0,
+            "files_compacted": 0,
+            "superseded_deleted": 0,
+            "compact_errors": 0,
         }
         self._last_land_error: str | None = None
+        self._last_compact_error: str | None = None
         self._catalog = Catalog(self._parquet_dir)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -73,6 +93,10 @@ class FeedbackStore(RecordSink):
             # The sink takes the directory lock first: a second process must not even read.
             sink = LocalLogSink(self._log_dir, segment_bytes=self._segment_bytes)
             try:
+                # Before the dedup index: it reads the files a finished compaction left visible.
+                deleted = self._compactor.recover()
+                with self._counts_lock:
+                    self._counts["superseded_deleted"] += deleted
                 highest_landed = self._lander.load_seen()
                 # Segment ids also name Parquet files, so they must never repeat a landed one.
                 sink.advance_ids(past=highest_landed)
@@ -131,6 +155,19 @@ class FeedbackStore(RecordSink):
             sink.seal()
             self._land_sealed(sink)
 
+    def compact(
+        self,
+        *,
+        min_files: int = DEFAULT_MIN_FILES,
+        target_bytes: int = DEFAULT_TARGET_BYTES,
+        grace_s: float | None = None,
+    ) -> CompactionResult:
+        """Merge, per partition, runs of at least ``min_files`` small files (up to
+        ``target_bytes`` together) whose log segments are landed and deleted; delete files
+        superseded more than ``grace_s`` ago (default: the store's ``compact_grace_s``)."""
+        sink = self._running_sink()
+        return self._compact(sink, min_files, target_bytes, grace_s, should_stop=lambda: False)
+
     def catalog(self) -> Catalog:
         """The store's catalog (one shared DuckDB database; queries see landed records)."""
         return self._catalog
@@ -140,6 +177,7 @@ class FeedbackStore(RecordSink):
         with self._counts_lock:
             out: dict[str, Any] = dict(self._counts)
             out["last_land_error"] = self._last_land_error
+            out["last_compact_error"] = self._last_compact_error
         sink = self._sink
         out["state"] = self._state
         out["segments_pending"] = sink.pending_segments() if sink is not None else 0
@@ -159,8 +197,43 @@ class FeedbackStore(RecordSink):
             raise SinkUnavailable("the feedback store is not started")
         return sink
 
+    def _compact(
+        self,
+        sink: LocalLogSink,
+        min_files: int,
+        target_bytes: int,
+        grace_s: float | None,
+        should_stop: Callable[[], bool],
+    ) -> CompactionResult:
+        with self._compact_lock:
+            try:
+                with self._land_lock:  # no segment is being landed or deleted meanwhile
+                    below = sink.first_unlanded_id()
+                result, failures = self._compactor.run(
+                    below_segment=below,
+                    min_files=min_files,
+                    target_bytes=target_bytes,
+                    grace_s=grace_s,
+                    should_stop=should_stop,
+                )
+            except OSError as exc:
+                failed = CompactionFailed(f"compaction failed: {exc.strerror}")
+                result, failures = CompactionResult(), [failed]
+        with self._counts_lock:
+            self._counts["compactions"] += 1
+            self._counts["files_compacted"] += result.files_merged
+            self._counts["superseded_deleted"] += result.files_deleted
+            if failures:
+                self._counts["compact_errors"] += len(failures)
+                self._last_compact_error = str(failures[-1])
+        if failures:
+            more = f" (and {len(failures) - 1} more partitions)" if len(failures) > 1 else ""
+            raise CompactionFailed(f"{failures[0]}{more}") from failures[0]
+        return result
+
     def _run_lander(self) -> None:
         assert self._sink is not None
+        last_compaction = time.monotonic()
         while not self._stop.wait(self._land_interval_s):
             try:
                 with self._land_lock:
@@ -169,6 +242,19 @@ class FeedbackStore(RecordSink):
             except Exception as exc:  # the thread must outlive any one bad round
                 # Segments stay in the log; the next round retries them.
                 log.error("landing round failed: %s", type(exc).__name__)
+            due = time.monotonic() - last_compaction >= self._compact_interval_s
+            if self._compact_interval_s and due:
+                last_compaction = time.monotonic()
+                try:
+                    self._compact(
+                        self._sink,
+                        DEFAULT_MIN_FILES,
+                        DEFAULT_TARGET_BYTES,
+                        None,
+                        should_stop=self._stop.is_set,
+                    )
+                except Exception as exc:  # counted in stats; the next interval retries
+                    log.error("compaction failed: %s", type(exc).__name__)
 
     def _land_sealed(self, sink: LocalLogSink) -> None:
         """Land sealed segments oldest first; delete each once its Parquet files are durable."""

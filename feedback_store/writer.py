@@ -3,7 +3,8 @@
 Layout: ``<root>/<suggestions|events|quarantine>/tenant=<pct-encoded>/date=<YYYY-MM-DD>/
 part-<batch>.parquet``. A batch (a log segment) always lands to the same file names, and each
 file is written to a temporary name, fsynced and renamed, so landing a batch again after a crash
-rewrites identical files instead of adding rows.
+rewrites identical files instead of adding rows. Compaction later merges these files
+(``compaction.py``); the dedup index reads whatever files are visible (``_layout.py``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._fs import fsync_dir, make_dirs_durable
+from ._layout import partitions, scan_partition, split_visible
 from .codec import epoch_us
+from .compaction import BATCH_ORDER_SQL
 from .errors import LandingFailed
 from .schemas import RECORD_KINDS, RecordKind
 
 __all__ = ["LandResult", "ParquetLander", "partition_dir"]
 
-PART_GLOB = "tenant=*/date=*/part-*.parquet"
 _US_PER_DAY = 86_400_000_000
 _EPOCH_DAY = date(1970, 1, 1)
 
@@ -88,14 +90,14 @@ class ParquetLander:
                 folder = self._root / kind.folder
                 for stale in folder.glob("tenant=*/date=*/.part-*.parquet.tmp"):
                     stale.unlink(missing_ok=True)
-                parts = list(folder.glob(PART_GLOB))
-                if not parts:
-                    continue
-                for part in parts:
-                    batch = part.name[len("part-") : -len(".parquet")]
-                    if batch.isdigit():
-                        highest = max(highest, int(batch))
-                self._seen[name] = self._read_ids(folder, kind)
+                visible: list[Path] = []
+                for directory in partitions(folder):
+                    files = scan_partition(directory)
+                    # Superseded files count too: their segment ids must never be reused.
+                    highest = max([highest, *(f.last for f in files if f.last is not None)])
+                    visible.extend(f.path for f in split_visible(files)[0])
+                if visible:
+                    self._seen[name] = self._read_ids(visible, kind)
         return highest
 
     def land(self, batch: str, records: list[dict[str, Any]]) -> LandResult:
@@ -153,18 +155,23 @@ class ParquetLander:
         os.replace(temporary, final)
         return final
 
-    def _read_ids(self, folder: Path, kind: RecordKind) -> dict[str, str]:
-        pattern = str(folder / PART_GLOB)
-        # The earliest batch that holds an id owns it, as it would have at landing time.
+    def _read_ids(self, files: list[Path], kind: RecordKind) -> dict[str, str]:
+        # The earliest batch that holds an id owns it, as it would have at landing time. Ids
+        # from a compact file are owned by its name, which no replayed batch can ever match.
         sql = f"""
-            SELECT tenant, "{kind.id_field}",
-                   min(regexp_extract(filename, 'part-([^/]+)\\.parquet$', 1))
-            FROM read_parquet($pattern, filename = true, hive_partitioning = false)
+            SELECT tenant, "{kind.id_field}", arg_min(
+                coalesce(
+                    nullif(regexp_extract(filename, '/part-([^/]+)\\.parquet$', 1), ''),
+                    regexp_extract(filename, '([^/]+)\\.parquet$', 1)
+                ),
+                {BATCH_ORDER_SQL} || '/' || filename
+            )
+            FROM read_parquet($files, filename = true, hive_partitioning = false)
             GROUP BY ALL
         """
         con = duckdb.connect(":memory:")
         try:
-            rows = con.execute(sql, {"pattern": pattern}).fetchall()
+            rows = con.execute(sql, {"files": [str(f) for f in files]}).fetchall()
         except duckdb.Error as exc:
             raise LandingFailed(f"cannot index landed {kind.folder}: {exc}") from exc
         finally:

@@ -77,6 +77,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="interleaved runs per target")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--redaction-workers", type=int, default=1)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="extra gateway setting, e.g. --set GRISTMILL_INGEST_QUEUE_SIZE=1",
+    )
     args = parser.parse_args()
 
     try:
@@ -97,6 +101,7 @@ def main() -> None:
         "GRISTMILL_UPSTREAM_URL": f"http://127.0.0.1:{up_port}/v1",
         "GRISTMILL_REDACTION_WORKERS": str(args.redaction_workers),
         "GRISTMILL_PORT": str(gw_port),
+        **dict(kv.split("=", 1) for kv in args.set),
     }
     token_out = (
         os.popen(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -17,28 +15,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from feedback_store import StoreError
 from gateway import __version__
 from gateway.errors import GatewayError
+from gateway.fastlane import FastLane
+from gateway.problems import problem, validation_problem
 from gateway.routers import analytics, continue_, health, openai, tabby, telemetry
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from redaction import RedactionError
 
 log = logging.getLogger("gristmill")
-
-PROBLEM = "application/problem+json"
-
-
-def problem(
-    status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
-) -> Response:
-    doc: dict[str, Any] = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if errors:
-        doc["errors"] = errors
-    return Response(orjson.dumps(doc), status_code=status, media_type=PROBLEM)
 
 
 class BodyLimit:
@@ -92,30 +76,6 @@ class _TooLarge(Exception):
     pass
 
 
-def _validation_problem(exc: RequestValidationError) -> Response:
-    errors = []
-    malformed = False
-    for e in exc.errors():
-        loc = [str(p) for p in e.get("loc", ())]
-        if (
-            e.get("type") in ("json_invalid", "json_type")
-            or loc == ["body"]
-            and e.get("type") == "missing"
-        ):
-            malformed = True
-        errors.append({"loc": loc, "msg": e.get("msg", ""), "type": e.get("type", "")})
-    if malformed:
-        return problem(
-            400,
-            "Malformed request body",
-            "the body is not valid JSON (or not UTF-8); send a JSON object",
-            errors,
-        )
-    first = errors[0] if errors else {"loc": [], "msg": "invalid"}
-    field = ".".join(p for p in first["loc"] if p != "body") or "body"
-    return problem(422, "Invalid request", f"{field}: {first['msg']}", errors)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -164,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return _validation_problem(exc)
+        return validation_problem(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -179,3 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def create_asgi(settings: Settings | None = None) -> FastLane:
+    """The served ASGI app: the completion fast lane in front of the FastAPI app."""
+    settings = settings or Settings()
+    return FastLane(create_app(settings), max_body_bytes=settings.max_body_bytes)

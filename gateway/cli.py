@@ -166,7 +166,7 @@ def serve(
 
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_asgi
 
     settings = _settings(config, data_dir, host=host, port=port)
     logging.basicConfig(
@@ -177,7 +177,7 @@ def serve(
         _ensure_model(settings)
     _banner(settings, first_tokens)
     uvicorn.run(
-        create_app(settings),
+        create_asgi(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

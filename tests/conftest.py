@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
+from gateway.app import create_asgi
 from gateway.auth import TokenStore
 from gateway.settings import Settings
 from redaction import load_or_create_key
@@ -87,7 +87,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     def factory(**overrides: object) -> Gateway:
         settings = make_settings(tmp_path / f"data{len(opened)}", **overrides)
         tokens = create_tokens(settings)
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client = TestClient(create_asgi(settings), raise_server_exceptions=False)
         client.__enter__()
         opened.append(client)
         return Gateway(client, settings, tokens)
@@ -114,7 +114,7 @@ class LiveGateway:
 
         self.settings = settings
         self.tokens = tokens
-        self.app = create_app(settings)
+        self.app = create_asgi(settings)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False
         )

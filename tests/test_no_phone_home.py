@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
 
     from pathlib import Path
     from fastapi.testclient import TestClient
-    from gateway.app import create_app
+    from gateway.app import create_asgi
     from tests.conftest import create_tokens, make_settings
     from tests.support.fake_upstream import FakeUpstream
 
@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
     settings = make_settings(Path(sys.argv[1]), backend="openai_upstream", upstream_url=up.url)
     tokens = create_tokens(settings)
     auth = {"Authorization": "Bearer " + tokens["dev"]}
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_asgi(settings)) as client:
         r = client.post("/v1/completions", json={
             "prompt": "# see https://intranet.example.com/wiki and mail bob@example.com\\nx = ",
         }, headers=auth)

@@ -10,7 +10,7 @@ import pytest
 @pytest.mark.parametrize(
     "package,expected",
     [
-        ("gateway", {"__version__", "create_app"}),
+        ("gateway", {"__version__", "create_app", "create_asgi"}),
         (
             "gateway.backends",
             {

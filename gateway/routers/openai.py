@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.auth import Principal
 from gateway.backends import (
     ChatMessage,
     ChatRequest,
@@ -25,7 +26,7 @@ from gateway.backends import (
     StreamDelta,
 )
 from gateway.backends.templates import split_fim
-from gateway.deps import BackendDep, Developer, IngestorDep, SettingsDep
+from gateway.deps import BackendDep, Developer, IngestorDep, RuntimeDep, SettingsDep
 from gateway.errors import GatewayError
 from gateway.recording import (
     ServedContext,
@@ -34,6 +35,8 @@ from gateway.recording import (
     served_records,
     suggestion_id,
 )
+from gateway.runtime import Runtime
+from gateway.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -130,9 +133,9 @@ def _max_tokens(settings: Any, requested: int | None) -> int:
 
 
 def _context(
-    request: Request, body: _Sampling, source: str, backend: ModelBackend
+    user_agent: str | None, body: _Sampling, source: str, backend: ModelBackend
 ) -> ServedContext:
-    name, version = client_from_user_agent(request.headers.get("user-agent"))
+    name, version = client_from_user_agent(user_agent)
     ext = body.gristmill or GristmillContext()
     return ServedContext(
         source=source,
@@ -172,17 +175,9 @@ async def list_models(_: Developer, backend: BackendDep, settings: SettingsDep) 
     )
 
 
-@router.post("/completions", summary="OpenAI-compatible text completion (FIM with `suffix`)")
-async def completions(
-    body: CompletionBody,
-    request: Request,
-    principal: Developer,
-    backend: BackendDep,
-    ingestor: IngestorDep,
-    settings: SettingsDep,
-) -> Response:
+def _completion_request(body: CompletionBody, settings: Settings) -> CompletionRequest:
     prefix, suffix = body.cursor()
-    req = CompletionRequest(
+    return CompletionRequest(
         prefix=prefix,
         suffix=suffix,
         max_tokens=_max_tokens(settings, body.max_tokens),
@@ -192,45 +187,69 @@ async def completions(
         stop=body.stops(),
         seed=body.seed,
     )
-    ctx = _context(request, body, "openai", backend)
+
+
+async def complete(
+    body: CompletionBody, principal: Principal, user_agent: str | None, runtime: Runtime
+) -> dict[str, Any]:
+    """A non-streaming completion, recorded; shared by the route and the fast lane."""
+    backend, settings = runtime.backend, runtime.settings
+    req = _completion_request(body, settings)
+    ctx = _context(user_agent, body, "openai", backend)
     request_id = new_request_id()
-    created = int(time.time())
-    if body.stream:
-        # The first piece is awaited here, so a backend that is down answers with problem+json.
-        deltas = await _primed(backend.stream(req))
-        return StreamingResponse(
-            _stream_completion(
-                deltas, req, ctx, request_id, created, principal, backend, ingestor, settings
-            ),
-            media_type="text/event-stream",
-        )
     started = time.perf_counter()
     result = await backend.complete(req)
     latency_ms = (time.perf_counter() - started) * 1000
-    ingestor.submit_later(
+    runtime.ingestor.submit_later(
         served_records(
             principal, ctx, request_id, req.prefix, req.suffix, result, backend.name, latency_ms
         )
     )
-    return _json(
-        {
-            "id": request_id,
-            "object": "text_completion",
-            "created": created,
-            "model": settings.model_name,
-            "system_fingerprint": result.model_version,
-            "choices": [
-                {
-                    "index": c.index,
-                    "text": c.text,
-                    "finish_reason": c.finish_reason,
-                    "logprobs": None,
-                    "suggestion_id": suggestion_id(request_id, c.index),
-                }
-                for c in result.choices
-            ],
-            "usage": _usage(result),
-        }
+    return {
+        "id": request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": settings.model_name,
+        "system_fingerprint": result.model_version,
+        "choices": [
+            {
+                "index": c.index,
+                "text": c.text,
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+                "suggestion_id": suggestion_id(request_id, c.index),
+            }
+            for c in result.choices
+        ],
+        "usage": _usage(result),
+    }
+
+
+@router.post("/completions", summary="OpenAI-compatible text completion (FIM with `suffix`)")
+async def completions(
+    body: CompletionBody, request: Request, principal: Developer, runtime: RuntimeDep
+) -> Response:
+    user_agent = request.headers.get("user-agent")
+    if not body.stream:
+        return _json(await complete(body, principal, user_agent, runtime))
+    backend, settings = runtime.backend, runtime.settings
+    req = _completion_request(body, settings)
+    ctx = _context(user_agent, body, "openai", backend)
+    # The first piece is awaited here, so a backend that is down answers with problem+json.
+    deltas = await _primed(backend.stream(req))
+    return StreamingResponse(
+        _stream_completion(
+            deltas,
+            req,
+            ctx,
+            new_request_id(),
+            int(time.time()),
+            principal,
+            backend,
+            runtime.ingestor,
+            settings,
+        ),
+        media_type="text/event-stream",
     )
 
 
@@ -337,7 +356,7 @@ async def chat_completions(
         stop=body.stops(),
         seed=body.seed,
     )
-    ctx = _context(request, body, "chat", backend)
+    ctx = _context(request.headers.get("user-agent"), body, "chat", backend)
     ctx.prompt_template = "chat"
     request_id = new_request_id("chatcmpl")
     created = int(time.time())

@@ -15,8 +15,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
+from gateway.auth import Principal
 from gateway.backends import CompletionRequest
-from gateway.deps import BackendDep, Developer, IngestorDep, SettingsDep
+from gateway.deps import BackendDep, Developer, IngestorDep, RuntimeDep, SettingsDep
 from gateway.errors import BadRequest
 from gateway.recording import (
     ServedContext,
@@ -26,6 +27,7 @@ from gateway.recording import (
     served_records,
     suggestion_id,
 )
+from gateway.runtime import Runtime
 
 router = APIRouter(prefix="/tabby", tags=["tabby"])
 
@@ -168,19 +170,11 @@ async def server_setting(_: Developer) -> Response:
     return _json({"disable_client_side_telemetry": True})
 
 
-@router.post(
-    "/v1/completions",
-    response_model=TabbyCompletionResponse,
-    summary="Tabby code completion",
-)
-async def tabby_completions(
-    body: TabbyCompletionBody,
-    request: Request,
-    principal: Developer,
-    backend: BackendDep,
-    ingestor: IngestorDep,
-    settings: SettingsDep,
-) -> Response:
+async def complete(
+    body: TabbyCompletionBody, principal: Principal, user_agent: str | None, runtime: Runtime
+) -> dict:
+    """A Tabby completion, recorded; shared by the route and the fast lane."""
+    backend, settings = runtime.backend, runtime.settings
     prefix = _with_context(body.segments, body.language)
     req = CompletionRequest(
         prefix=prefix,
@@ -190,7 +184,7 @@ async def tabby_completions(
         seed=body.seed,
         stop=["\n\n\n"],
     )
-    name, version = _client(request)
+    name, version = _client(user_agent)
     ctx = ServedContext(
         source="tabby",
         client_name=name,
@@ -204,19 +198,31 @@ async def tabby_completions(
     started = time.perf_counter()
     result = await backend.complete(req)
     latency_ms = (time.perf_counter() - started) * 1000
-    ingestor.submit_later(
+    runtime.ingestor.submit_later(
         served_records(
             principal, ctx, request_id, prefix, req.suffix, result, backend.name, latency_ms
         )
     )
-    return _json(
-        {"id": request_id, "choices": [{"index": c.index, "text": c.text} for c in result.choices]}
-    )
+    return {
+        "id": request_id,
+        "choices": [{"index": c.index, "text": c.text} for c in result.choices],
+    }
 
 
-def _client(request: Request) -> tuple[str | None, str | None]:
+@router.post(
+    "/v1/completions",
+    response_model=TabbyCompletionResponse,
+    summary="Tabby code completion",
+)
+async def tabby_completions(
+    body: TabbyCompletionBody, request: Request, principal: Developer, runtime: RuntimeDep
+) -> Response:
+    return _json(await complete(body, principal, request.headers.get("user-agent"), runtime))
+
+
+def _client(user_agent: str | None) -> tuple[str | None, str | None]:
     # tabby-agent sends node's generic user agent; name it for what it is.
-    name, version = client_from_user_agent(request.headers.get("user-agent"))
+    name, version = client_from_user_agent(user_agent)
     if name in (None, "node", "undici"):
         return "tabby-agent", None
     return name, version
@@ -244,7 +250,7 @@ async def tabby_events(
         f"{body.completion_id}\x1f{body.choice_index}\x1f{body.type}\x1f{body.view_id}\x1f"
         f"{body.select_kind or select_kind}".encode()
     ).hexdigest()[:32]
-    client_name, _ = _client(request)
+    client_name, _ = _client(request.headers.get("user-agent"))
     await ingestor.submit(
         [
             event_record(

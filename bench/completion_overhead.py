@@ -24,12 +24,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 
-from bench._common import PYTHON, cpu_seconds, free_port, median, percentile, start, wait_http  # noqa: E402
+from bench._common import (  # noqa: E402
+    PYTHON,
+    cpu_seconds,
+    free_port,
+    median,
+    percentile,
+    start,
+    wait_http,
+)
 
 PREFIX = (
     "import logging\nfrom dataclasses import dataclass\n\nlog = logging.getLogger(__name__)\n\n\n"
-    "@dataclass\nclass Invoice:\n    customer_id: int\n    amount_cents: int\n    currency: str = 'EUR'\n\n"
-    '    def total_with_tax(self, rate: float) -> int:\n        """Amount including tax, rounded."""\n'
+    "@dataclass\nclass Invoice:\n    customer_id: int\n    amount_cents: int\n"
+    "    currency: str = 'EUR'\n\n"
+    "    def total_with_tax(self, rate: float) -> int:\n"
+    '        """Amount including tax, rounded."""\n'
 )
 
 
@@ -78,7 +88,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--redaction-workers", type=int, default=1)
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra gateway setting, e.g. --set GRISTMILL_INGEST_QUEUE_SIZE=1",
     )
     args = parser.parse_args()
@@ -140,7 +153,8 @@ def main() -> None:
             cpu_per_req.append((c1 - c0) / args.requests * 1000)
             print(
                 f"run {r + 1}: direct p50 {rows['direct'][-1][0]:.2f} ms | "
-                f"gateway p50 {rows['gateway'][-1][0]:.2f} ms p99 {rows['gateway'][-1][1]:.2f} ms | "
+                f"gateway p50 {rows['gateway'][-1][0]:.2f} ms "
+                f"p99 {rows['gateway'][-1][1]:.2f} ms | "
                 f"gateway CPU {cpu_per_req[-1]:.3f} ms/req",
                 flush=True,
             )
@@ -152,18 +166,14 @@ def main() -> None:
         metrics = os.popen(f"curl -s http://127.0.0.1:{gw_port}/metrics").read()
         print()
         print(f"{'':22}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
-        print(
-            f"{'upstream direct':22}{d50:>10.2f}{d99:>10.2f}{median([x[2] for x in rows['direct']]):>10.0f}"
-        )
-        print(
-            f"{'through gateway':22}{g50:>10.2f}{g99:>10.2f}{median([x[2] for x in rows['gateway']]):>10.0f}"
-        )
-        print(
-            f"added by gateway      p50 +{g50 - d50:.2f} ms (target <= 2)   p99 +{g99 - d99:.2f} ms (target <= 10)"
-        )
-        print(
-            f"gateway CPU per request {cpu:.3f} ms -> {1000 / cpu:.0f} req/s on one core (target >= 3000)"
-        )
+        d_rps = median([x[2] for x in rows["direct"]])
+        g_rps = median([x[2] for x in rows["gateway"]])
+        print(f"{'upstream direct':22}{d50:>10.2f}{d99:>10.2f}{d_rps:>10.0f}")
+        print(f"{'through gateway':22}{g50:>10.2f}{g99:>10.2f}{g_rps:>10.0f}")
+        added = f"p50 +{g50 - d50:.2f} ms (target <= 2)   p99 +{g99 - d99:.2f} ms (target <= 10)"
+        print(f"added by gateway      {added}")
+        per_core = f"{1000 / cpu:.0f} req/s on one core (target >= 3000)"
+        print(f"gateway CPU per request {cpu:.3f} ms -> {per_core}")
         print(f"ratios gateway/direct: p50 x{g50 / d50:.2f}, p99 x{g99 / d99:.2f}")
         overflow = [
             ln for ln in metrics.splitlines() if ln.startswith("gristmill_ingest_overflow_total")

@@ -127,7 +127,7 @@ class TokenStore:
         return principal
 
     def create(self, *, tenant: str, user: str, roles: list[str], name: str = "") -> str:
-        """Adds a token and returns it; only its hash is stored, so this is the one chance to see it."""
+        """Adds a token and returns it; only its hash is stored: the one chance to see it."""
         validate_name("tenant", tenant)
         if not user or len(user) > 256:
             raise Unprocessable(

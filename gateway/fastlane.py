@@ -11,10 +11,9 @@ to the FastAPI app, where these routes are declared too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import logging
 
 import orjson
 from fastapi import FastAPI

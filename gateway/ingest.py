@@ -3,7 +3,8 @@
 Raw text exists only here, in memory. Two stages run as asyncio tasks so that redacting one
 batch overlaps with fsyncing the previous one:
 
-    submit()/submit_later() -> [redaction queue] -> redact batch (pool) -> [append queue] -> sink.append (thread)
+    submit()/submit_later() -> [redaction queue] -> redact batch (pool)
+                            -> [append queue] -> sink.append (thread)
 
 `submit` waits until its records are durable (the API answers 202 only then);
 `submit_later` is for served suggestions, recorded after the response, off the request path.

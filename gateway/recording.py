@@ -28,7 +28,7 @@ def suggestion_id(request_id: str, index: int) -> str:
 
 @dataclass(slots=True)
 class ServedContext:
-    """What we know about the request besides the text: from the client, never trusted for identity."""
+    """What the client says about the request besides the text; never used for identity."""
 
     source: str
     client_name: str | None = None

@@ -172,6 +172,8 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for chatty in ("presidio-analyzer", "presidio-anonymizer"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     first_tokens = _first_tokens(settings)
     if settings.backend == "embedded":
         _ensure_model(settings)

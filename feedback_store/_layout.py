@@ -39,16 +39,25 @@ SEGMENT_DIGITS = 20
 
 @dataclass(frozen=True)
 class DataFile:
-    path: Path
-    size: int
-    mtime: float
+    directory: str
+    name: str
     # Segment id range; None for files not named after segments (kept visible, never merged).
     first: int | None
     last: int | None
+    size: int = 0  # size and mtime only when scanned with stat=True
+    mtime: float = 0.0
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory, self.name)
+
+    @property
+    def full_name(self) -> str:
+        return os.path.join(self.directory, self.name)
 
     @property
     def compacted(self) -> bool:
-        return self.path.name.startswith(COMPACT_PREFIX)
+        return self.name.startswith(COMPACT_PREFIX)
 
 
 def compact_name(first: int, last: int) -> str:
@@ -68,24 +77,31 @@ def segment_range(name: str) -> tuple[int, int] | None:
     return None
 
 
-def scan_partition(directory: Path) -> list[DataFile]:
-    """Every data file of one partition (temporaries and other entries skipped)."""
+def scan_partition(directory: Path, *, stat: bool = True) -> list[DataFile]:
+    """Every data file of one partition (temporaries and other entries skipped).
+
+    Readers pass ``stat=False``: they need names only, and partitions hold thousands of files.
+    """
     found = []
+    folder = str(directory)
     try:
-        entries = list(os.scandir(directory))
+        entries = list(os.scandir(folder))
     except FileNotFoundError:
         return []
     for entry in entries:
         name = entry.name
         if name.startswith(".") or not name.endswith(SUFFIX):
             continue
-        try:
-            stat = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:  # deleted (a superseded input) since the directory was read
-            continue
         ids = segment_range(name)
         first, last = ids if ids is not None else (None, None)
-        found.append(DataFile(Path(entry.path), stat.st_size, stat.st_mtime, first, last))
+        if not stat:
+            found.append(DataFile(folder, name, first, last))
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:  # deleted (a superseded input) since the directory was read
+            continue
+        found.append(DataFile(folder, name, first, last, info.st_size, info.st_mtime))
     return found
 
 
@@ -107,7 +123,7 @@ def split_visible(files: list[DataFile]) -> tuple[list[DataFile], list[tuple[Dat
             hidden.append((f, covers[i][2]))
         else:
             visible.append(f)
-    visible.sort(key=lambda f: (f.first is not None, f.first or 0, f.path.name))
+    visible.sort(key=lambda f: (f.first is not None, f.first or 0, f.name))
     return visible, hidden
 
 
@@ -119,10 +135,10 @@ def partitions(folder: Path) -> Iterator[Path]:
                 yield day
 
 
-def visible_files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[str]:
     """The data files readers use, over every partition of one record kind's folder."""
-    out: list[Path] = []
+    out: list[str] = []
     for directory in partitions(folder):
-        visible, _ = split_visible(scan_partition(directory))
-        out.extend(f.path for f in visible)
+        visible, _ = split_visible(scan_partition(directory, stat=False))
+        out.extend(f.full_name for f in visible)
     return out

@@ -2,7 +2,9 @@
 
 Every query gets its own cursor of one in-memory DuckDB database, with these views over the
 files visible when the query starts (see ``_layout``: files a compaction superseded are left
-out, so a query never reads both a compact file and its inputs):
+out, so a query never reads both a compact file and its inputs). The views are created once;
+they read the file lists from SQL variables that each query sets on its own cursor, because
+creating a view binds it, and binding reads the footer of every file it names.
 
 - ``suggestions``, ``quarantine``: one row per tenant+id (duplicates that slipped through are
   dropped here too, the earliest landed batch wins);
@@ -34,6 +36,7 @@ from .schemas import RECORD_KINDS, RecordKind
 __all__ = ["ACCEPTANCE_GROUPS", "Catalog", "QueryResult"]
 
 _FETCH_BATCH_ROWS = 8192
+_KINDS = list(RECORD_KINDS.items())
 
 ACCEPTANCE_GROUPS = {
     "model_version": "model_version",
@@ -47,7 +50,7 @@ ACCEPTANCE_GROUPS = {
 _EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(?:analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
 
 _FEEDBACK_SQL = """
-CREATE TEMP VIEW feedback AS
+CREATE VIEW feedback AS
 WITH outcome AS (
     SELECT tenant, suggestion_id,
         bool_or(type = 'shown') AS any_shown,
@@ -93,7 +96,7 @@ LEFT JOIN outcome o ON o.tenant = s.tenant AND o.suggestion_id = s.suggestion_id
 """
 
 _EVENTS_SQL = """
-CREATE TEMP VIEW events AS
+CREATE VIEW events AS
 SELECT e.*, NOT EXISTS (
     SELECT 1 FROM suggestions s WHERE s.tenant = e.tenant AND s.suggestion_id = e.suggestion_id
 ) AS orphan
@@ -129,14 +132,16 @@ def _literal(text: str) -> str:
 class Catalog:
     """Read-only SQL over one Parquet directory; thread-safe.
 
-    One in-memory DuckDB database (locked-down configuration) serves every query; each query
-    runs on its own cursor, whose temporary views name the files visible at its start.
+    One in-memory DuckDB database (locked-down configuration) holds the views (built on first
+    use, rebuilt when a record type gets its first files); each query runs on its own cursor,
+    whose variables name the files visible at its start.
     """
 
     def __init__(self, parquet_dir: Path) -> None:
         self._root = Path(parquet_dir).resolve()
         self._lock = threading.Lock()
         self._db: duckdb.DuckDBPyConnection | None = None
+        self._views_for: tuple[bool, ...] | None = None  # which kinds had files at build time
 
     def close(self) -> None:
         """Release the DuckDB database; a later query opens a new one."""
@@ -144,6 +149,7 @@ class Catalog:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+                self._views_for = None
 
     def query(
         self,
@@ -219,14 +225,15 @@ class Catalog:
         max_rows: int | None,
         timeout_s: float | None,
     ) -> QueryResult:
+        files = {name: visible_files(self._root / kind.folder) for name, kind in _KINDS}
         try:
-            cursor = self._cursor()
+            cursor = self._cursor(files)
         except duckdb.Error as exc:
             raise QueryError(f"cannot open the catalog: {exc}") from exc
         try:
             with _deadline(cursor, timeout_s) as timed_out:
                 try:
-                    self._create_views(cursor)
+                    _set_files(cursor, files)
                     table, truncated = _fetch(cursor.sql(sql, params=params), max_rows)
                 except duckdb.PermissionException as exc:
                     raise QueryForbidden(str(exc)) from exc
@@ -244,21 +251,23 @@ class Catalog:
             truncated=truncated,
         )
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
+    def _cursor(self, files: dict[str, list[str]]) -> duckdb.DuckDBPyConnection:
+        landed = tuple(bool(files[name]) for name, _ in _KINDS)
         with self._lock:
             if self._db is None:
                 self._db = self._open()
+            if landed != self._views_for:
+                _set_files(self._db, files)  # creating a view binds it, which reads them
+                for (name, kind), has_files in zip(_KINDS, landed, strict=True):
+                    rows_sql = self._rows_sql(name, kind, has_files)
+                    self._db.execute(f"CREATE OR REPLACE VIEW _{name}_rows AS {rows_sql}")
+                if self._views_for is None:  # these read the views above by name
+                    self._db.execute("CREATE VIEW suggestions AS SELECT * FROM _suggestion_rows")
+                    self._db.execute("CREATE VIEW quarantine AS SELECT * FROM _quarantine_rows")
+                    self._db.execute(_EVENTS_SQL)
+                    self._db.execute(_FEEDBACK_SQL)
+                self._views_for = landed
             return self._db.cursor()
-
-    def _create_views(self, cursor: duckdb.DuckDBPyConnection) -> None:
-        """Temporary views of this cursor only: other queries may see other file sets."""
-        for name, kind in RECORD_KINDS.items():
-            rows_sql = self._rows_sql(kind, visible_files(self._root / kind.folder))
-            cursor.execute(f"CREATE TEMP VIEW _{name}_rows AS {rows_sql}")
-        cursor.execute("CREATE TEMP VIEW suggestions AS SELECT * FROM _suggestion_rows")
-        cursor.execute("CREATE TEMP VIEW quarantine AS SELECT * FROM _quarantine_rows")
-        cursor.execute(_EVENTS_SQL)
-        cursor.execute(_FEEDBACK_SQL)
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         db = duckdb.connect(
@@ -276,20 +285,17 @@ class Catalog:
             raise
         return db
 
-    def _rows_sql(self, kind: RecordKind, files: list[Path]) -> str:
+    def _rows_sql(self, name: str, kind: RecordKind, has_files: bool) -> str:
         """One row per tenant+id, with exactly the schema's columns (zero rows if no files)."""
-        names = [field.name for field in kind.schema]
-        columns = ", ".join(f'"{name}"' for name in names)
-        if not files:
+        columns = ", ".join(f'"{field.name}"' for field in kind.schema)
+        if not has_files:
             typed_nulls = ", ".join(
                 f'CAST(NULL AS {_duckdb_type(field.type)}) AS "{field.name}"'
                 for field in kind.schema
             )
             return f"SELECT {typed_nulls} WHERE false"
-        # Tenant folders are percent-encoded, so paths hold no glob characters of their own.
-        file_list = ", ".join(_literal(str(path)) for path in files)
         source = (
-            f"read_parquet([{file_list}], hive_partitioning = true, "
+            f"read_parquet(getvariable('{_files_variable(name)}'), hive_partitioning = true, "
             "union_by_name = true, hive_types = {'tenant': VARCHAR, 'date': DATE}, "
             "filename = true)"
         )
@@ -298,6 +304,17 @@ class Catalog:
             f'QUALIFY row_number() OVER (PARTITION BY tenant, "{kind.id_field}" '
             f"ORDER BY {BATCH_ORDER_SQL}, filename) = 1"
         )
+
+
+def _files_variable(name: str) -> str:
+    return f"gristmill_{name}_files"
+
+
+def _set_files(con: duckdb.DuckDBPyConnection, files: dict[str, list[str]]) -> None:
+    """Name the files the views read, for this connection (cursor) only."""
+    for name, paths in files.items():
+        # Tenant folders are percent-encoded, so paths hold no glob characters of their own.
+        con.execute(f"SET VARIABLE {_files_variable(name)} = $files", {"files": paths})
 
 
 def _fetch(relation: duckdb.DuckDBPyRelation | None, max_rows: int | None) -> tuple[pa.Table, bool]:

@@ -198,7 +198,7 @@ class Compactor:
         current: list[DataFile] = []
         total = 0
         for f in ranged:
-            mergeable = f.size < target_bytes and versions.get(f.path.name) == SCHEMA_VERSION
+            mergeable = f.size < target_bytes and versions.get(f.name) == SCHEMA_VERSION
             if current and (not mergeable or total + f.size > target_bytes):
                 runs.append(current)
                 current, total = [], 0
@@ -216,7 +216,7 @@ class Compactor:
             SELECT file_name, value FROM parquet_kv_metadata($files)
             WHERE key = $key
         """
-        params = {"files": [str(f.path) for f in files], "key": SCHEMA_VERSION_KEY}
+        params = {"files": [f.full_name for f in files], "key": SCHEMA_VERSION_KEY}
         try:
             rows = con.execute(sql, params).fetchall()
         except duckdb.Error as exc:
@@ -251,7 +251,7 @@ class Compactor:
         rows = 0
         try:
             with open(temporary, "wb") as handle:
-                reader = con.sql(sql, params={"files": [str(f.path) for f in inputs]})
+                reader = con.sql(sql, params={"files": [f.full_name for f in inputs]})
                 batches = reader.to_arrow_reader(_READ_BATCH_ROWS)
                 with pq.ParquetWriter(handle, kind.schema, compression="zstd") as writer:
                     for batch in batches:
@@ -290,7 +290,7 @@ class Compactor:
             try:
                 f.path.unlink(missing_ok=True)
             except OSError as exc:  # stays hidden; a later run retries
-                log.warning("cannot delete superseded %s: %s", f.path.name, exc.strerror)
+                log.warning("cannot delete superseded %s: %s", f.name, exc.strerror)
         if files:
             try:
                 fsync_dir(directory)

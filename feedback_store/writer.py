@@ -90,12 +90,12 @@ class ParquetLander:
                 folder = self._root / kind.folder
                 for stale in folder.glob("tenant=*/date=*/.part-*.parquet.tmp"):
                     stale.unlink(missing_ok=True)
-                visible: list[Path] = []
+                visible: list[str] = []
                 for directory in partitions(folder):
-                    files = scan_partition(directory)
+                    files = scan_partition(directory, stat=False)
                     # Superseded files count too: their segment ids must never be reused.
                     highest = max([highest, *(f.last for f in files if f.last is not None)])
-                    visible.extend(f.path for f in split_visible(files)[0])
+                    visible.extend(f.full_name for f in split_visible(files)[0])
                 if visible:
                     self._seen[name] = self._read_ids(visible, kind)
         return highest
@@ -155,7 +155,7 @@ class ParquetLander:
         os.replace(temporary, final)
         return final
 
-    def _read_ids(self, files: list[Path], kind: RecordKind) -> dict[str, str]:
+    def _read_ids(self, files: list[str], kind: RecordKind) -> dict[str, str]:
         # The earliest batch that holds an id owns it, as it would have at landing time. Ids
         # from a compact file are owned by its name, which no replayed batch can ever match.
         sql = f"""
@@ -171,7 +171,7 @@ class ParquetLander:
         """
         con = duckdb.connect(":memory:")
         try:
-            rows = con.execute(sql, {"files": [str(f) for f in files]}).fetchall()
+            rows = con.execute(sql, {"files": files}).fetchall()
         except duckdb.Error as exc:
             raise LandingFailed(f"cannot index landed {kind.folder}: {exc}") from exc
         finally:

@@ -117,6 +117,10 @@ def query_cmd(
         str, typer.Argument(help="Read-only SQL over suggestions, events, feedback, quarantine.")
     ],
     fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    max_rows: Annotated[int, typer.Option(help="Stop after this many rows.")] = 100_000,
+    timeout: Annotated[
+        float, typer.Option(help="Interrupt the query after this many seconds.")
+    ] = 30,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -125,9 +129,11 @@ def query_cmd(
 
     settings = _settings(config, data_dir)
     try:
-        result = Catalog(settings.parquet_dir).query(sql)
+        result = Catalog(settings.parquet_dir).query(sql, max_rows=max_rows, timeout_s=timeout)
     except StoreError as exc:
         _fail(str(exc))
+    if result.truncated:
+        typer.echo(f"gristmill: showing the first {max_rows} rows (--max-rows)", err=True)
     if fmt == "json":
         for row in result.rows:
             typer.echo(json.dumps(dict(zip(result.columns, row, strict=True)), default=str))

@@ -46,6 +46,8 @@ class Runtime:
             settings.parquet_dir,
             segment_bytes=settings.log_segment_bytes,
             land_interval_s=settings.land_interval_s,
+            compact_interval_s=settings.compact_interval_s,
+            compact_grace_s=settings.compact_grace_s,
         )
         store.start()
         backend = build_backend(settings)

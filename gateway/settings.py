@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     land_interval_s: float = Field(
         default=5.0, gt=0, description="How often the log lands as Parquet."
     )
+    compact_interval_s: float = Field(
+        default=600.0, ge=0, description="How often small Parquet files are merged; 0 disables."
+    )
+    compact_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long merged inputs stay on disk for queries that already listed them.",
+    )
     bootstrap_minutes: float = Field(
         default=5.0, gt=0, description="Pretraining budget when serve bootstraps a model."
     )

@@ -7,6 +7,7 @@ downloaded), and the e-mail recognizer uses tldextract's bundled suffix snapshot
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,25 @@ class NerSpacyNlpEngine(SpacyNlpEngine):
         self.nlp = {LANGUAGE: nlp}
 
 
+_shared_engines: dict[str, NerSpacyNlpEngine] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_ner_engine(model_name: str) -> NerSpacyNlpEngine:
+    """The process's NER engine for a model, loaded on first use.
+
+    Loading costs about a second; every Redactor in a process (one per policy version
+    during a reload, one per test) reuses it. It is only read from after loading.
+    """
+    with _shared_lock:
+        engine = _shared_engines.get(model_name)
+        if engine is None:
+            engine = NerSpacyNlpEngine(model_name)
+            engine.load()
+            _shared_engines[model_name] = engine
+        return engine
+
+
 def empty_artifacts() -> NlpArtifacts:
     """NLP artifacts for the pattern pass, which needs no parse of the text."""
     return NlpArtifacts(
@@ -134,7 +154,7 @@ def build_analyzer(
     nlp_engine: NlpEngine
     try:
         if ner:
-            nlp_engine = NerSpacyNlpEngine(spacy_model)
+            nlp_engine = shared_ner_engine(spacy_model)
             recognizers.append(
                 SpacyRecognizer(supported_language=LANGUAGE, supported_entities=ner, name="ner")
             )

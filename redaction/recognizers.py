@@ -487,7 +487,8 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
         (
             SecretPattern(
                 "aws_secret_assigned",
-                r"(?:secret_?access_?key|aws_?secret(?:_?access)?(?:_?key)?)[\"'`\]]{0,2}\s{0,4}"
+                r"(?:secret_?access_?key|aws_?secret(?:_?access)?(?:_?key)?)[\w.\-]{0,20}"
+                r"[\"'`\]]{0,2}\s{0,4}"
                 r"(?::=|=>|=|:)\s{0,4}[\"'`]?(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
                 0.95,
                 keywords=("secret",),

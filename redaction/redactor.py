@@ -12,7 +12,6 @@ Steps 2-4 are cached per field text and per NER line under a keyed hash.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -88,7 +87,9 @@ class Redactor:
             name: CATALOGUE.get(name) or custom_entity(name) for name in doc.entities
         }
         self._ner_entities = ner_entities(policy)
-        self._pattern_entities = [e for e in doc.entities if e not in self._ner_entities]
+        pattern_entities = [e for e in doc.entities if e not in self._ner_entities]
+        self._code_entities = [e for e in pattern_entities if not self._types[e].prose_only]
+        self._prose_entities = [e for e in pattern_entities if self._types[e].prose_only]
         self._drop_entities = {
             e for e, rule in doc.entities.items() if rule.action == "drop_record"
         }
@@ -173,19 +174,22 @@ class Redactor:
         return done
 
     def _pattern_pass(self, text: str, prose: list[tuple[int, int]]) -> list[Finding]:
-        if not self._pattern_entities:
-            return []
+        found: list[Finding] = []
+        if self._code_entities:
+            found.extend(self._analyze_patterns(text, self._code_entities))
+        if self._prose_entities and prose:
+            # Same length and offsets, code blanked out: prose-only recognizers (phone)
+            # neither see nor spend time on integer literals.
+            masked = _keep_only(text, prose)
+            if masked.strip():
+                found.extend(self._analyze_patterns(masked, self._prose_entities))
+        return found
+
+    def _analyze_patterns(self, text: str, entities: list[str]) -> list[Finding]:
         results = self._analyzer.analyze(
-            text=text,
-            language=LANGUAGE,
-            entities=self._pattern_entities,
-            nlp_artifacts=self._empty,
+            text=text, language=LANGUAGE, entities=entities, nlp_artifacts=self._empty
         )
-        found = self._accept(text, ((r.start, r.end, r.entity_type, r.score) for r in results))
-        starts = [s for s, _ in prose]
-        return [
-            f for f in found if not self._types[f.entity].prose_only or _inside(f, prose, starts)
-        ]
+        return self._accept(text, ((r.start, r.end, r.entity_type, r.score) for r in results))
 
     def _ner_pass(self, pieces: list[str]) -> Iterable[tuple[str, tuple[Finding, ...]]]:
         assert self._nlp_engine is not None
@@ -334,10 +338,20 @@ def _shift(findings: Iterable[Finding], offset: int) -> list[Finding]:
     return [f._replace(start=f.start + offset, end=f.end + offset) for f in findings]
 
 
-def _inside(finding: Finding, spans: list[tuple[int, int]], starts: list[int]) -> bool:
-    """The finding starts inside one of the sorted, disjoint spans."""
-    i = bisect.bisect_right(starts, finding.start) - 1
-    return i >= 0 and finding.start < spans[i][1]
+def _keep_only(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with everything outside `spans` turned into spaces (newlines kept)."""
+    parts: list[str] = []
+    pos = 0
+    for start, end in spans:
+        if start > pos:
+            parts.append(_BLANK.sub(" ", text[pos:start]))
+        parts.append(text[start:end])
+        pos = end
+    parts.append(_BLANK.sub(" ", text[pos:]))
+    return "".join(parts)
+
+
+_BLANK = regex.compile(r"[^\n]")
 
 
 def _bounded(text: str, start: int, end: int) -> bool:

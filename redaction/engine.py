@@ -49,6 +49,7 @@ class NerSpacyNlpEngine(SpacyNlpEngine):
     """
 
     def __init__(self, model_name: str) -> None:
+        self.opener_words: frozenset[str] = frozenset()
         super().__init__(
             models=[{"lang_code": LANGUAGE, "model_name": model_name}],
             ner_model_configuration=NerModelConfiguration(
@@ -73,12 +74,32 @@ class NerSpacyNlpEngine(SpacyNlpEngine):
             for pipe_name, component in nlp.pipeline
             if "ner" in getattr(component, "listening_components", ())
         }
+        self.opener_words = _opener_words(nlp)
         nlp.select_pipes(disable=[p for p in nlp.pipe_names if p not in keep])
         labels = nlp.get_pipe("ner").labels
         self.ner_model_configuration.labels_to_ignore = [
             label for label in labels if label not in NER_LABELS
         ]
         self.nlp = {LANGUAGE: nlp}
+
+
+def _opener_words(nlp: spacy.language.Language) -> frozenset[str]:
+    """English verbs, adjectives and adverbs from the model's lemmatizer index, if any.
+
+    Small NER models tag the imperative that opens a docstring ("Generate", "Flush") as a
+    person; such a single word at the start of a line is not kept as a PERSON.
+    """
+    if "lemmatizer" not in nlp.pipe_names:
+        return frozenset()
+    lookups = getattr(nlp.get_pipe("lemmatizer"), "lookups", None)
+    if lookups is None or not lookups.has_table("lemma_index"):
+        return frozenset()
+    index = lookups.get_table("lemma_index")
+    words: set[str] = set()
+    for pos in ("verb", "adj", "adv"):
+        if pos in index:
+            words.update(index[pos])
+    return frozenset(words)
 
 
 _shared_engines: dict[str, NerSpacyNlpEngine] = {}
@@ -147,14 +168,15 @@ def ner_entities(policy: RedactionPolicy) -> list[str]:
 
 def build_analyzer(
     policy: RedactionPolicy, deadline: Deadline, spacy_model: str
-) -> tuple[AnalyzerEngine, NlpEngine | None]:
+) -> tuple[AnalyzerEngine, NerSpacyNlpEngine | None]:
     """The analyzer for a policy, and its spaCy engine if the policy needs NER at all."""
     recognizers = build_recognizers(policy, deadline)
     ner = ner_entities(policy)
     nlp_engine: NlpEngine
+    ner_engine: NerSpacyNlpEngine | None = None
     try:
         if ner:
-            nlp_engine = shared_ner_engine(spacy_model)
+            nlp_engine = ner_engine = shared_ner_engine(spacy_model)
             recognizers.append(
                 SpacyRecognizer(supported_language=LANGUAGE, supported_entities=ner, name="ner")
             )
@@ -171,7 +193,7 @@ def build_analyzer(
         raise
     except (ValueError, TypeError, OSError) as exc:
         raise EngineError(f"cannot build the analyzer: {type(exc).__name__}: {exc}") from exc
-    return analyzer, (nlp_engine if ner else None)
+    return analyzer, ner_engine
 
 
 # --- operators -----------------------------------------------------------------------------

@@ -207,7 +207,23 @@ class Redactor:
                 piece,
                 ((s, e, r.entity_type, r.score) for (s, e), r in zip(spans, results, strict=True)),
             )
-            yield piece, tuple(f for f in found if not _looks_like_code(piece, f.start, f.end))
+            yield (
+                piece,
+                tuple(
+                    f
+                    for f in found
+                    if not _looks_like_code(piece, f.start, f.end)
+                    and not self._is_line_opener(piece, f.start, f.end)
+                ),
+            )
+
+    def _is_line_opener(self, piece: str, start: int, end: int) -> bool:
+        """A single dictionary verb/adjective/adverb opening the line ("Generate ...")."""
+        word = piece[start:end]
+        if " " in word or start != len(piece) - len(piece.lstrip(_OPENER_SKIP)):
+            return False
+        assert self._nlp_engine is not None
+        return word.lower() in self._nlp_engine.opener_words
 
     def _accept(self, text: str, raw: Iterable[tuple[int, int, str, float]]) -> list[Finding]:
         """Keeps findings of acted-on entities, above threshold, not allow-listed."""
@@ -378,6 +394,7 @@ def _subtract(start: int, end: int, taken: list[tuple[int, int]]) -> list[tuple[
 
 
 _POSSESSIVE = ("'s", "\u2019s")
+_OPENER_SKIP = " \t#/*\"'`-;!<>:"
 _CODE_CHARS = frozenset('_()[]{}<>=/\\:;@#$%^&*+|~"`0123456789')
 _CAMEL_OR_DOTTED = regex.compile(r"\b[a-z]+[A-Z]|\w\.\w")
 

@@ -59,7 +59,7 @@ class NerSpacyNlpEngine(SpacyNlpEngine):
 
     def load(self) -> None:
         name = self.models[0]["model_name"]
-        if not (spacy.util.is_package(name) or Path(name).is_dir()):
+        if not spacy_model_installed(name):
             raise EngineError(
                 f"spaCy model '{name}' is not installed (models are never downloaded at run time)"
             )
@@ -81,6 +81,11 @@ class NerSpacyNlpEngine(SpacyNlpEngine):
             label for label in labels if label not in NER_LABELS
         ]
         self.nlp = {LANGUAGE: nlp}
+
+
+def spacy_model_installed(name: str) -> bool:
+    """An installed model package or a model directory; nothing is ever downloaded."""
+    return spacy.util.is_package(name) or Path(name).is_dir()
 
 
 def _opener_words(nlp: spacy.language.Language) -> frozenset[str]:

@@ -21,9 +21,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-import spacy
-
-from redaction.engine import DEFAULT_SPACY_MODEL, ner_entities
+from redaction.engine import DEFAULT_SPACY_MODEL, ner_entities, spacy_model_installed
 from redaction.errors import EngineError, RedactionError, RedactionTimeout
 from redaction.policy import RedactionPolicy
 from redaction.redactor import RedactedFields, Redactor
@@ -135,7 +133,7 @@ class RedactionPool:
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-redaction")
             )
         else:
-            if ner_entities(policy) and not spacy.util.is_package(spacy_model):
+            if ner_entities(policy) and not spacy_model_installed(spacy_model):
                 raise EngineError(f"spaCy model '{spacy_model}' is not installed")
             self._state = _State(self._new_process_pool())
             self._wait_ready()

@@ -248,7 +248,13 @@ class Redactor:
         """
         order = sorted(
             set(found),
-            key=lambda f: (-self._types[f.entity].kind, -f.score, f.start - f.end, f.start),
+            key=lambda f: (
+                -self._types[f.entity].kind,
+                -f.score,
+                f.start - f.end,
+                f.start,
+                f.entity,
+            ),
         )
         taken: list[tuple[int, int]] = []
         out: list[Finding] = []

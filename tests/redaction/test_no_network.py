@@ -11,7 +11,7 @@ import socket
 import pytest
 import tldextract
 
-from redaction import Redactor
+from redaction import EngineError, RedactionPool, Redactor
 from redaction.engine import DEFAULT_SPACY_MODEL, NerSpacyNlpEngine
 from tests.redaction.conftest import KEY
 
@@ -58,4 +58,15 @@ def test_when_engine_built_and_run_then_no_connection_attempted(attempts, defaul
         "PERSON": 1,
     }
     assert list(engine.process_batch(["Hannah Schmidt wrote this"], "en"))
+    assert attempts == []
+
+
+def test_when_spacy_model_missing_then_refused_without_download(attempts, default_policy):
+    """Presidio's own SpacyNlpEngine would call spacy.cli.download here."""
+    with pytest.raises(EngineError, match="not installed"):
+        Redactor(default_policy, key=KEY, spacy_model="en_core_web_missing_model")
+    with pytest.raises(EngineError, match="not installed"):
+        RedactionPool(
+            default_policy, key=KEY, workers=1, timeout_s=5, spacy_model="en_core_web_missing_model"
+        )
     assert attempts == []

@@ -1,7 +1,8 @@
 """Prompt templates per model family: fill-in-the-middle, stop tokens, a fallback chat format.
 
 Pure string functions shared by every backend (embedded transformers, OpenAI-compatible
-upstream), so that serving and training render the same prompt for the same request.
+upstream). The completion rendering is feedback_store.prompts', re-exported here, so that
+serving and training render the same prompt for the same request.
 
 Families and their FIM forms:
 
@@ -18,26 +19,24 @@ change the prompt distribution between requests that differ only in the cursor p
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
-PromptFamily = Literal["qwen", "starcoder", "codellama", "plain"]
-FAMILIES: tuple[str, ...] = get_args(PromptFamily)
+# The rendering itself lives in feedback_store.prompts, so that dataset builds (which may not
+# import the gateway) render training prompts exactly as serving does.
+from feedback_store import FIM_FORMS, PromptFamily, render_completion, template_name
+from feedback_store import PROMPT_FAMILIES as FAMILIES
 
-_FIM_FORMS: dict[str, tuple[str, str, str]] = {
-    # family: (before prefix, between prefix and suffix, after suffix)
-    "qwen": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
-    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
-    "codellama": ("<PRE> ", " <SUF>", " <MID>"),
-}
-
-# Bump a family's version whenever its rendering changes: the name is stored with every
-# suggestion, and training must not mix prompts rendered two different ways.
-_TEMPLATE_NAMES: dict[str, str] = {
-    "qwen": "qwen-fim-v1",
-    "starcoder": "starcoder-fim-v1",
-    "codellama": "codellama-fim-v1",
-    "plain": "plain-v1",
-}
+__all__ = [
+    "CHAT_FALLBACK_STOP",
+    "FAMILIES",
+    "PromptFamily",
+    "detect_family",
+    "render_chat_fallback",
+    "render_completion",
+    "split_fim",
+    "stop_tokens",
+    "template_name",
+]
 
 # Tokens after which the model has left the middle it was asked to fill: end of document,
 # FIM padding, or the start of another file/FIM segment. Only the ones that exist as single
@@ -100,21 +99,6 @@ def detect_family(special_tokens: Iterable[str]) -> str:
     return "plain"
 
 
-def render_completion(family: str, prefix: str, suffix: str | None) -> str:
-    """The prompt text for a completion at the cursor between prefix and suffix."""
-    _check(family)
-    if family == "plain":
-        return prefix
-    before, middle, after = _FIM_FORMS[family]
-    return f"{before}{prefix}{middle}{suffix or ''}{after}"
-
-
-def template_name(family: str) -> str:
-    """A stable, versioned name of the completion template, recorded with each suggestion."""
-    _check(family)
-    return _TEMPLATE_NAMES[family]
-
-
 def stop_tokens(family: str) -> tuple[str, ...]:
     """Special tokens that end a completion for this family (besides the tokenizer's EOS)."""
     _check(family)
@@ -137,7 +121,7 @@ def split_fim(prompt: str) -> tuple[str, str] | None:
     Continue's OpenAI-style providers render the FIM prompt themselves and send no suffix;
     rendering it again would nest templates and store FIM tokens as code.
     """
-    for before, middle, after in _FIM_FORMS.values():
+    for before, middle, after in FIM_FORMS.values():
         if prompt.startswith(before) and prompt.endswith(after) and middle in prompt:
             body = prompt[len(before) : len(prompt) - len(after)]
             prefix, _, suffix = body.partition(middle)

@@ -360,6 +360,7 @@ class FeedbackDB:
     ) -> None:
         self._root = Path(parquet_dir).resolve()
         self._lock = threading.Lock()
+        self._files: dict[str, list[str]] = {}
         try:
             self.con = duckdb.connect(
                 ":memory:",
@@ -385,6 +386,7 @@ class FeedbackDB:
 
     def _create_view(self, folder: str, kind: Any) -> None:
         files = visible_files(self._root / folder)
+        self._files[folder] = files
         columns = ", ".join(f'"{f.name}"' for f in kind.schema)
         if not files:
             # Same columns, no rows: a zero-row table built from a typed NULL row.
@@ -395,7 +397,7 @@ class FeedbackDB:
                 f"'' AS _batch FROM _empty_{folder}"
             )
             return
-        self.con.execute(f"SET VARIABLE gm_{folder}_files = $files", {"files": files})
+        self._set_files(self.con, folder)
         self.con.execute(
             f"CREATE VIEW raw_{folder} AS SELECT {columns}, filename AS _file, "
             f"file_row_number AS _row, {BATCH_ORDER_SQL} AS _batch "
@@ -403,6 +405,18 @@ class FeedbackDB:
             "union_by_name = true, hive_types = {'tenant': VARCHAR, 'date': DATE}, "
             "filename = true, file_row_number = true)"
         )
+
+    def _set_files(self, con: duckdb.DuckDBPyConnection, folder: str) -> None:
+        # Variables are per connection: every cursor that reads a view needs them.
+        con.execute(f"SET VARIABLE gm_{folder}_files = $files", {"files": self._files[folder]})
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on the same database that can read the views."""
+        cursor = self.con.cursor()
+        for folder, files in self._files.items():
+            if files:
+                self._set_files(cursor, folder)
+        return cursor
 
     def __enter__(self) -> FeedbackDB:
         return self
@@ -436,7 +450,7 @@ class FeedbackDB:
     ) -> Iterator[pa.RecordBatch]:
         """Stream a query's result as Arrow batches, on a cursor of its own (so the caller may
         run other statements, e.g. inserts, while reading)."""
-        cursor = self.con.cursor()
+        cursor = self.cursor()
         try:
             try:
                 reader = cursor.sql(sql, params=params).to_arrow_reader(batch_rows)

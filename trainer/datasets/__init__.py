@@ -1,0 +1,49 @@
+"""Signals to data: stored feedback -> TRL-ready dataset snapshots, by versioned rules.
+
+rules = load_rules()                                   # policies/signals.yaml
+snap = build_snapshot(BuildConfig(parquet_dir, data_dir / "datasets", since, until,
+                                  rules, context_key=key))
+list_snapshots(data_dir / "datasets")                  # newest first
+"""
+
+from .build import (
+    LINEAGE_SCHEMA,
+    PROMPT_SHIFT_PATTERN,
+    SETS,
+    SPLITS,
+    BuildConfig,
+    Snapshot,
+    build_snapshot,
+    prompt_and_shift,
+)
+from .errors import (
+    BuildFailed,
+    BuildInvalid,
+    DatasetError,
+    RulesInvalid,
+    SnapshotCorrupt,
+    SnapshotNotFound,
+)
+from .rules import SignalRules, default_rules_path, load_rules, parse_rules, rules_json_schema
+
+__all__ = [
+    "LINEAGE_SCHEMA",
+    "PROMPT_SHIFT_PATTERN",
+    "SETS",
+    "SPLITS",
+    "BuildConfig",
+    "BuildFailed",
+    "BuildInvalid",
+    "DatasetError",
+    "RulesInvalid",
+    "SignalRules",
+    "Snapshot",
+    "SnapshotCorrupt",
+    "SnapshotNotFound",
+    "build_snapshot",
+    "default_rules_path",
+    "load_rules",
+    "parse_rules",
+    "prompt_and_shift",
+    "rules_json_schema",
+]

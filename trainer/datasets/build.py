@@ -1,0 +1,1144 @@
+"""Dataset snapshots: stored feedback -> TRL-ready Parquet sets and a card, by the signal rules.
+
+All heavy lifting is DuckDB SQL over the Parquet store (feedback_store.FeedbackDB); only
+suggestions whose insertion point the exact anchor misses go through Python (the fuzzy
+anchor). The steps, each a table:
+
+1. ``b_sugg``: suggestions created in [since, until) (duplicates dropped, earliest landing
+   wins); Continue's dev-data records inherit the template of the request the gateway served
+   for them (same user, prefix, suffix and completion), since Continue renders its prompt
+   through our API;
+2. ``b_facts``: per suggestion, what its events (before ``until``) say; ``b_req``: one row per
+   request per file, in time order (the observations of the inference);
+3. ``b_state``: outcome facts, visible time, exclusions that need no inference;
+4. inference: for each suggestion that needs it, the latest later request of the same user and
+   file within the longest window (up to ``max_observations`` going back), matched as the
+   module docstring of feedback_store.feedback_queries says;
+5. ``b_out``: one outcome per suggestion (see policies/signals.yaml), or an exclusion reason;
+6. ``b_rows``: the rows of each set; ``b_ctx``: the prompt each request was served with, its
+   keyed context hash, dedup and the time split;
+7. one ordered pass writes every set and split, then the lineage and the card.
+
+Prompts are rendered with the recorded template from the stored (redacted) prefix and suffix,
+the exact text the backend rendered (the embedded backend may have cut the prefix to fit its
+context window; training truncates to its own max_length). For templates without FIM tokens
+(plain-v1) the prompt ends in code, and a prompt ending in whitespace or half a word tokenizes
+differently inside the full text (TRAINING_NOTES trap 8): there the trailing whitespace and
+word characters move from the prompt to the front of every completion, so prompt + completion
+is still exactly the served text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from feedback_store import TEMPLATE_FAMILIES, FeedbackDB, StoreError, match_later_requests
+
+from .errors import BuildFailed, BuildInvalid
+from .rules import SignalRules
+
+__all__ = [
+    "LINEAGE_SCHEMA",
+    "BuildConfig",
+    "PROMPT_SHIFT_PATTERN",
+    "SETS",
+    "SPLITS",
+    "Snapshot",
+    "build_snapshot",
+    "prompt_and_shift",
+]
+
+SPLITS = ("train", "eval")
+SETS: dict[str, pa.Schema] = {
+    "pairs": pa.schema(
+        [("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())]
+    ),
+    "labels": pa.schema(
+        [("prompt", pa.string()), ("completion", pa.string()), ("label", pa.bool_())]
+    ),
+    "rewards": pa.schema(
+        [("prompt", pa.string()), ("completion", pa.string()), ("reward", pa.float64())]
+    ),
+    "sft": pa.schema([("prompt", pa.string()), ("completion", pa.string())]),
+}
+_SET_FORMATS = {
+    "pairs": "prompt/chosen/rejected (DPO, ORPO, reward models)",
+    "labels": "prompt/completion/label (KTO, unpaired preference)",
+    "rewards": "prompt/completion/reward (reward-weighted or offline RL)",
+    "sft": "prompt/completion (SFT)",
+}
+LINEAGE_SCHEMA = pa.schema(
+    [
+        ("set", pa.string()),
+        ("split", pa.string()),
+        ("row", pa.int64()),
+        ("tenant", pa.string()),
+        ("suggestion_id", pa.string()),
+        ("other_suggestion_id", pa.string()),
+        ("request_id", pa.string()),
+        ("rule", pa.string()),
+        ("weight", pa.float64()),
+        ("context_hash", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("language", pa.string()),
+        ("model_version", pa.string()),
+        ("policy_version", pa.string()),
+        ("evidence", pa.string()),
+        ("similarity", pa.float64()),
+        ("elapsed_s", pa.float64()),
+    ]
+)
+
+# Trailing whitespace and word characters of a prompt without FIM tokens move to the
+# completion (same regex in Python and DuckDB's RE2: leftmost match reaching the end).
+PROMPT_SHIFT_PATTERN = r"[ \t\r\n\f\v]*[A-Za-z0-9_]*$"
+_SHIFT_RE = re.compile(PROMPT_SHIFT_PATTERN.removesuffix("$") + r"\Z")
+_PLACEHOLDER_RE = r"<[A-Z][A-Z0-9_]*(?:_[0-9]+|:[0-9a-f]+)>"
+_OUTCOME_STATUSES = (
+    "accepted_kept",
+    "accepted_unobserved",
+    "accepted_edited",
+    "accepted_deleted",
+    "inferred_kept",
+    "dismissed",
+    "dismissed_handwritten",
+)
+
+
+def prompt_and_shift(template: str, rendered: str) -> tuple[str, str]:
+    """(training prompt, text moved to the front of each completion) for a rendered prompt."""
+    if TEMPLATE_FAMILIES.get(template) != "plain":
+        return rendered, ""
+    match = _SHIFT_RE.search(rendered)
+    shift = match.group(0) if match else ""
+    if shift == rendered:
+        return rendered, ""
+    return rendered[: len(rendered) - len(shift)], shift
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """One snapshot build."""
+
+    parquet_dir: Path = field(metadata={"help": "The store's Parquet directory."})
+    datasets_dir: Path = field(metadata={"help": "Where snapshots live (data_dir/datasets)."})
+    since: datetime = field(metadata={"help": "Suggestions created at or after (tz-aware)."})
+    until: datetime = field(
+        metadata={
+            "help": "Suggestions created before; also the 'now' of the build: later "
+            "events and requests are ignored, which keeps a build reproducible."
+        }
+    )
+    rules: SignalRules = field(metadata={"help": "Validated signal rules."})
+    context_key: bytes = field(
+        repr=False, metadata={"help": "Secret for the keyed context hash (dedup, leakage)."}
+    )
+    tenants: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "Only these tenants (None: every tenant)."}
+    )
+    opted_out_repos: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Extra opted-out repositories (e.g. the redaction policy's)."},
+    )
+    threads: int | None = field(default=None, metadata={"help": "DuckDB threads (None: all)."})
+    memory_limit: str | None = field(
+        default="2GB", metadata={"help": "DuckDB memory limit; beyond it tables spill to disk."}
+    )
+    row_group_rows: int = field(default=20_000, metadata={"help": "Rows per Parquet row group."})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    path: Path
+    card: dict[str, Any]
+    created: bool  # False when an identical snapshot already existed
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ts(value: datetime) -> str:
+    return f"TIMESTAMPTZ {_q(value.astimezone(UTC).isoformat())}"
+
+
+def _glob_regex(pattern: str) -> str:
+    """A case-insensitive-by-lowering glob as an RE2 regex (* any run, ? one character)."""
+    out = []
+    for piece in re.split(r"([*?])", pattern.strip().lower()):
+        if piece == "*":
+            out.append(".*")
+        elif piece == "?":
+            out.append(".")
+        elif piece:
+            out.append(r"\Q" + piece + r"\E")
+    return "".join(out)
+
+
+def build_snapshot(
+    config: BuildConfig, *, progress: Callable[[str], None] | None = None
+) -> Snapshot:
+    """Build (or find) the snapshot for these inputs. Snapshots are immutable: the same store
+    content, range and rules give the same id and byte-identical set files."""
+    for name, value in (("since", config.since), ("until", config.until)):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise BuildInvalid(f"{name} must be a timezone-aware datetime")
+    if config.since >= config.until:
+        raise BuildInvalid("since must be before until")
+    if config.tenants is not None and not config.tenants:
+        raise BuildInvalid("tenants: give at least one tenant, or None for all")
+    if not config.context_key:
+        raise BuildInvalid("context_key must not be empty")
+    if config.row_group_rows < 1:
+        raise BuildInvalid("row_group_rows must be positive")
+    config.datasets_dir.mkdir(parents=True, exist_ok=True)
+    work = config.datasets_dir / f".build-{secrets.token_hex(6)}"
+    work.mkdir()
+    say = progress or (lambda _: None)
+    try:
+        try:
+            with FeedbackDB(
+                config.parquet_dir,
+                threads=config.threads,
+                memory_limit=config.memory_limit,
+                temp_dir=work / ".spill",
+            ) as db:
+                card = _Builder(db, config, work, say).run()
+        except StoreError as exc:
+            raise BuildFailed(f"dataset build failed in DuckDB: {exc}") from exc
+        except OSError as exc:
+            raise BuildFailed(f"dataset build failed: {exc.strerror}: {exc.filename}") from exc
+        shutil.rmtree(work / ".spill", ignore_errors=True)
+        return _commit(config.datasets_dir, work, card)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _commit(datasets_dir: Path, work: Path, card: dict[str, Any]) -> Snapshot:
+    snapshot_id = card["id"]
+    final = datasets_dir / snapshot_id
+    for path in work.rglob("*.parquet"):
+        path.chmod(0o444)
+    (work / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (work / "card.json").chmod(0o444)
+    if final.exists():
+        existing = json.loads((final / "card.json").read_text())
+        if existing.get("files") == card["files"]:
+            return Snapshot(snapshot_id, final, existing, created=False)
+        raise BuildFailed(f"snapshot {snapshot_id} exists with other content")
+    _fsync_tree(work)
+    try:
+        os.rename(work, final)
+    except OSError as exc:  # a concurrent identical build won the rename
+        if final.exists():
+            existing = json.loads((final / "card.json").read_text())
+            return Snapshot(snapshot_id, final, existing, created=False)
+        raise BuildFailed(f"cannot publish snapshot {snapshot_id}: {exc.strerror}") from exc
+    fd = os.open(datasets_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Snapshot(snapshot_id, final, card, created=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+class _Builder:
+    def __init__(
+        self, db: FeedbackDB, config: BuildConfig, work: Path, say: Callable[[str], None]
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.work = work
+        self.say = say
+        self.doc = config.rules.document
+        self.longest = config.rules.longest_window_s
+        self.since = _ts(config.since)
+        self.until = _ts(config.until)
+        self.timings: dict[str, float] = {}
+
+    def step(self, name: str, *statements: str) -> None:
+        started = time.perf_counter()
+        for sql in statements:
+            self.db.execute(sql)
+        self.timings[name] = round(time.perf_counter() - started, 3)
+        self.say(f"{name}: {self.timings[name]:.1f} s")
+
+    def run(self) -> dict[str, Any]:
+        self.load_suggestions()
+        self.load_facts()
+        self.load_state()
+        self.infer()
+        self.decide()
+        self.emit_rows()
+        self.contexts()
+        files = self.write()
+        return self.card(files)
+
+    # -- 1. suggestions -----------------------------------------------------------------------
+
+    def load_suggestions(self) -> None:
+        tenants = ""
+        if self.config.tenants is not None:
+            tenants = f"AND tenant IN ({', '.join(_q(t) for t in self.config.tenants)})"
+        text = "prefix || coalesce(suffix, '') || completion"
+        self.step(
+            "suggestions",
+            f"""
+            CREATE TABLE b_sugg AS
+            SELECT tenant, suggestion_id, request_id, user_hash, repo, source, language,
+                file_path, choice_index, model_version, policy_version, created_at,
+                prompt_template, coalesce(client_name, '') AS client_name, completion,
+                _file, _row, _batch,
+                CASE WHEN source IN ('continue', 'openai') THEN right(prefix, 64) END AS tail64,
+                CASE WHEN cardinality(redaction_counts) > 0 THEN
+                    (length({text}) - length(regexp_replace({text}, '{_PLACEHOLDER_RE}', '',
+                    'g')))::DOUBLE / greatest(length({text}), 1)
+                ELSE 0.0 END AS redacted_share
+            FROM raw_suggestions
+            WHERE created_at >= {self.since} AND created_at < {self.until} {tenants}
+            """,
+            # A duplicate that slipped through landing: the earliest landed copy wins.
+            """
+            DELETE FROM b_sugg USING (
+                SELECT _file, _row FROM (
+                    SELECT _file, _row, row_number() OVER (
+                        PARTITION BY tenant, suggestion_id ORDER BY _batch, _file, _row) AS rn
+                    FROM b_sugg SEMI JOIN (
+                        SELECT tenant, suggestion_id FROM b_sugg GROUP BY ALL HAVING count(*) > 1
+                    ) d USING (tenant, suggestion_id)
+                ) WHERE rn > 1
+            ) d WHERE b_sugg._file = d._file AND b_sugg._row = d._row
+            """,
+        )
+        # Continue's dev-data record of a completion the gateway served: same user, prompt
+        # and completion, served first. It takes the served request's template.
+        self.step(
+            "continue_twins",
+            f"""
+            CREATE TABLE b_twin_cand AS
+            SELECT c.tenant, c.suggestion_id AS alias_id, c._file AS a_file, c._row AS a_row,
+                arg_max(s._file, (s.created_at, s.suggestion_id)) AS t_file,
+                arg_max(s._row, (s.created_at, s.suggestion_id)) AS t_row,
+                arg_max(s.prompt_template, (s.created_at, s.suggestion_id)) AS template
+            FROM b_sugg c JOIN b_sugg s
+              ON s.tenant = c.tenant AND s.user_hash = c.user_hash
+             AND s.completion = c.completion AND s.tail64 = c.tail64
+             AND s.source = 'openai' AND s.prompt_template IS NOT NULL
+             AND s.created_at <= c.created_at
+             AND s.created_at >= c.created_at - to_microseconds({int(self.longest * 1e6)})
+            WHERE c.source = 'continue' AND c.prompt_template IS NULL
+            GROUP BY c.tenant, c.suggestion_id, c._file, c._row
+            """,
+            """
+            CREATE TABLE b_twin AS
+            WITH texts AS (
+                SELECT r._file, r._row, md5(r.prefix || chr(31) || coalesce(r.suffix, '')) AS h
+                FROM raw_suggestions r SEMI JOIN (
+                    SELECT a_file AS f, a_row AS w FROM b_twin_cand
+                    UNION ALL SELECT t_file, t_row FROM b_twin_cand
+                ) k ON r._file = k.f AND r._row = k.w
+            )
+            SELECT c.tenant, c.alias_id, c.template
+            FROM b_twin_cand c
+            JOIN texts a ON a._file = c.a_file AND a._row = c.a_row
+            JOIN texts t ON t._file = c.t_file AND t._row = c.t_row
+            WHERE a.h = t.h
+            """,
+            """
+            UPDATE b_sugg SET prompt_template = t.template FROM b_twin t
+            WHERE b_sugg.tenant = t.tenant AND b_sugg.suggestion_id = t.alias_id
+            """,
+            "ALTER TABLE b_sugg DROP COLUMN tail64",
+        )
+
+    # -- 2. events and requests ---------------------------------------------------------------
+
+    def load_facts(self) -> None:
+        longest_us = int(self.longest * 1e6)
+        order = "(ts, event_id, coalesce(accepted_text, ''))"
+        self.step(
+            "events",
+            f"""
+            CREATE TABLE b_facts AS
+            WITH ev AS (
+                SELECT e.tenant, e.suggestion_id, e.type, e.ts, e.event_id, e.accept_kind,
+                    e.accepted_text, e.final_text, e.elapsed_ms, e.window_s, e.source,
+                    epoch_us(e.ts) - epoch_us(s.created_at) AS since_created_us
+                FROM raw_events e JOIN b_sugg s
+                  ON s.tenant = e.tenant AND s.suggestion_id = e.suggestion_id
+                WHERE e.ts < {self.until}
+            )
+            SELECT tenant, suggestion_id,
+                bool_or(type = 'shown') AS shown,
+                min(ts) FILTER (WHERE type = 'shown') AS shown_at,
+                bool_or(type = 'shown' AND source IN ('native', 'tabby')) AS shown_timed,
+                bool_or(type IN ('accepted', 'edited', 'survived')) AS accepted,
+                min(ts) FILTER (WHERE type = 'accepted') AS accepted_at,
+                arg_max_null(accept_kind, {order}) FILTER (WHERE type = 'accepted')
+                    AS accept_kind,
+                arg_max_null(accepted_text, {order}) FILTER (WHERE type = 'accepted')
+                    AS accepted_text,
+                bool_or(type = 'rejected') AS rejected,
+                min(ts) FILTER (WHERE type = 'rejected') AS rejected_at,
+                max(elapsed_ms) FILTER (WHERE type = 'rejected') AS rejected_elapsed_ms,
+                bool_or(type = 'rejected' AND source IN ('native', 'tabby')) AS rejected_timed,
+                arg_max(final_text, (window_s, ts, event_id, final_text)) FILTER (
+                    WHERE type = 'survived' AND window_s <= {self.longest}
+                    AND final_text IS NOT NULL) AS survived_text,
+                max(window_s) FILTER (
+                    WHERE type = 'survived' AND window_s <= {self.longest}
+                    AND final_text IS NOT NULL) AS survived_s,
+                arg_max(final_text, (ts, event_id, final_text)) FILTER (
+                    WHERE type = 'edited' AND final_text IS NOT NULL
+                    AND since_created_us <= {longest_us}) AS edited_text,
+                max(since_created_us / 1e6) FILTER (
+                    WHERE type = 'edited' AND final_text IS NOT NULL
+                    AND since_created_us <= {longest_us}) AS edited_s
+            FROM ev GROUP BY tenant, suggestion_id
+            """,
+        )
+        # Requests per file in time order; okey is unique per file stream (ties broken by
+        # request id), which keeps the ASOF joins below deterministic.
+        self.step(
+            "requests",
+            """
+            CREATE TABLE b_req AS
+            WITH r AS (
+                SELECT s.tenant, s.request_id, min(s.user_hash) AS user_hash,
+                    min(s.file_path) AS file_path, min(s.created_at) AS created_at,
+                    arg_min(s._file, (s.choice_index, s.suggestion_id)) AS rep_file,
+                    arg_min(s._row, (s.choice_index, s.suggestion_id)) AS rep_row,
+                    min(s.source) AS source,
+                    bool_or(coalesce(f.accepted, false)) AS edit_accepted
+                FROM b_sugg s LEFT JOIN b_facts f USING (tenant, suggestion_id)
+                WHERE s.file_path IS NOT NULL AND s.source <> 'chat'
+                GROUP BY s.tenant, s.request_id
+            )
+            SELECT *,
+                epoch_us(created_at) * 1024 + (row_number() OVER (
+                    PARTITION BY tenant, user_hash, file_path, created_at ORDER BY request_id
+                ) - 1) AS okey,
+                (epoch_us(lead(created_at) OVER (
+                    PARTITION BY tenant, user_hash, file_path ORDER BY created_at, request_id
+                )) - epoch_us(created_at)) / 1000.0 AS gap_ms
+            FROM r
+            """,
+            """
+            CREATE TABLE b_tclients AS
+            SELECT DISTINCT s.tenant, s.user_hash, s.client_name
+            FROM b_sugg s SEMI JOIN b_facts f USING (tenant, suggestion_id)
+            """,
+        )
+
+    # -- 3. state -----------------------------------------------------------------------------
+
+    def load_state(self) -> None:
+        templates = ", ".join(_q(name) for name in TEMPLATE_FAMILIES)
+        repos = [*self.doc.exclusions.opted_out_repos, *self.config.opted_out_repos]
+        opted_out = "false"
+        if repos:
+            regex = "|".join(f"(?:{_glob_regex(p)})" for p in repos)
+            opted_out = f"coalesce(regexp_full_match(lower(trim(s.repo)), {_q(regex)}), false)"
+        partial = "f.accept_kind IN ('line', 'word') AND coalesce(f.accepted_text, '') <> ''"
+        edited_later = (
+            "f.edited_text IS NOT NULL AND (f.survived_text IS NULL OR f.edited_s >= f.survived_s)"
+        )
+        timed = (
+            "CASE WHEN f.rejected_timed AND f.shown_timed AND f.rejected_at >= f.shown_at "
+            "THEN (epoch_us(f.rejected_at) - epoch_us(f.shown_at)) / 1000.0 END"
+        )
+        self.step(
+            "state",
+            f"""
+            CREATE TABLE b_state AS
+            SELECT s.tenant, s.suggestion_id, s.request_id, s.user_hash, s.repo, s.source,
+                coalesce(s.language, 'unknown') AS language, s.file_path, s.choice_index,
+                s.model_version, s.policy_version, s.created_at, s.prompt_template,
+                s.completion, s._file, s._row,
+                f.suggestion_id IS NOT NULL AS has_events,
+                coalesce(f.shown, false) AS shown,
+                coalesce(f.accepted, false) AS accepted,
+                coalesce(f.rejected, false) AS rejected,
+                CASE WHEN {partial} THEN f.accepted_text ELSE s.completion END AS inserted,
+                CASE WHEN {partial} THEN least(1.0, length(f.accepted_text)
+                    / greatest(length(s.completion), 1)) ELSE 1.0 END AS fraction,
+                coalesce(f.accepted_at, s.created_at) AS after_ts,
+                CASE WHEN {edited_later} THEN f.edited_text ELSE f.survived_text END
+                    AS native_text,
+                CASE WHEN {edited_later} THEN f.edited_s ELSE f.survived_s END
+                    AS native_elapsed_s,
+                CASE WHEN coalesce(f.rejected, false)
+                     THEN coalesce(f.rejected_elapsed_ms, {timed}, r.gap_ms)
+                     ELSE r.gap_ms END AS visible_ms,
+                tc.tenant IS NOT NULL AS telemetry_client,
+                epoch_us({self.until}) - epoch_us(coalesce(f.accepted_at, s.created_at))
+                    >= {int(self.longest * 1e6)} AS window_passed,
+                CASE
+                    WHEN s.prompt_template IS NULL OR s.prompt_template NOT IN ({templates})
+                        THEN 'unknown_template'
+                    WHEN {opted_out} THEN 'opted_out_repo'
+                    WHEN s.redacted_share > {self.doc.exclusions.max_redacted_share}
+                        THEN 'redacted_share'
+                    WHEN gm_nonblank(s.completion) = 0 THEN 'empty_completion'
+                    WHEN f.suggestion_id IS NULL AND tc.tenant IS NOT NULL THEN 'not_shown'
+                END AS pre_excluded
+            FROM b_sugg s
+            LEFT JOIN b_facts f USING (tenant, suggestion_id)
+            LEFT JOIN b_req r ON r.tenant = s.tenant AND r.request_id = s.request_id
+            LEFT JOIN b_tclients tc ON tc.tenant = s.tenant AND tc.user_hash = s.user_hash
+                AND tc.client_name = s.client_name
+            """,
+        )
+
+    def _visible_ok(self, column: str = "visible_ms") -> str:
+        visibility = self.doc.visibility
+        unknown = "true" if visibility.when_unknown == "visible" else "false"
+        return f"coalesce({column} >= {visibility.min_visible_ms}, {unknown})"
+
+    # -- 4. inference -------------------------------------------------------------------------
+
+    def infer(self) -> None:
+        inference = self.doc.inference
+        evidence = """
+            CREATE TABLE b_evidence (tenant VARCHAR, suggestion_id VARCHAR, okey BIGINT,
+                obs_at TIMESTAMPTZ, found BOOLEAN, complete BOOLEAN, method VARCHAR,
+                text VARCHAR, compare_from VARCHAR, compare_to VARCHAR, clean BOOLEAN,
+                moved_found BOOLEAN, similarity DOUBLE)
+        """
+        enabled = "true" if inference.enabled else "false"
+        without = "true" if inference.without_telemetry else "false"
+        self.step(
+            "candidates",
+            evidence,
+            f"""
+            CREATE TABLE b_cand AS
+            SELECT tenant, suggestion_id, request_id, user_hash, file_path, after_ts, accepted,
+                inserted, _file, _row, epoch_us(after_ts) * 1024 + 1023 AS floor_key
+            FROM b_state
+            WHERE pre_excluded IS NULL AND file_path IS NOT NULL AND {enabled}
+              AND CASE WHEN accepted THEN native_text IS NULL
+                       WHEN rejected OR shown THEN {self._visible_ok()}
+                       ELSE {without} AND NOT telemetry_client END
+            """,
+            f"""
+            CREATE TABLE b_pending AS
+            SELECT tenant, suggestion_id, user_hash, file_path, floor_key,
+                epoch_us(least(after_ts + to_microseconds({int(self.longest * 1e6)}),
+                               {self.until})) * 1024 + 1023 AS bound
+            FROM b_cand
+            """,
+        )
+        params = inference.match_params()
+        keys = [
+            ("tenant", "VARCHAR"),
+            ("suggestion_id", "VARCHAR"),
+            ("okey", "BIGINT"),
+            ("obs_at", "TIMESTAMPTZ"),
+        ]
+        for round_ in range(1, inference.max_observations + 1):
+            started = time.perf_counter()
+            self.db.execute("DROP TABLE IF EXISTS b_obs")
+            self.db.execute(
+                """
+                CREATE TABLE b_obs AS
+                SELECT p.tenant, p.suggestion_id, r.okey, r.created_at AS obs_at, r.rep_file,
+                    r.rep_row, r.source AS obs_source, r.edit_accepted
+                FROM b_pending p ASOF JOIN b_req r
+                  ON p.tenant = r.tenant AND p.user_hash = r.user_hash
+                 AND p.file_path = r.file_path AND p.bound >= r.okey
+                WHERE r.okey > p.floor_key
+                """
+            )
+            (observations,) = self.db.rows("SELECT count(*) FROM b_obs")[0]
+            if not observations:
+                break
+            source = """
+                SELECT o.tenant, o.suggestion_id, o.okey, o.obs_at, c.accepted, c.inserted,
+                    p.prefix, p.suffix,
+                    CASE WHEN o.obs_source = 'continue_edit' THEN '' ELSE q.prefix END
+                        AS later_prefix,
+                    CASE WHEN o.obs_source <> 'continue_edit' THEN q.suffix
+                         WHEN o.edit_accepted THEN q.completion ELSE q.prefix END
+                        AS later_suffix
+                FROM b_obs o
+                JOIN b_cand c ON c.tenant = o.tenant AND c.suggestion_id = o.suggestion_id
+                JOIN raw_suggestions p ON p._file = c._file AND p._row = c._row
+                JOIN raw_suggestions q ON q._file = o.rep_file AND q._row = o.rep_row
+            """
+            self.db.execute("DROP TABLE IF EXISTS b_match")
+            match_later_requests(self.db, source, keys, "b_match", params)
+            resolved = "(found AND complete) OR moved_found"
+            self.db.execute(
+                f"INSERT INTO b_evidence SELECT tenant, suggestion_id, okey, obs_at, found, "
+                f"complete, method, text, compare_from, compare_to, clean, moved_found, "
+                f"similarity FROM b_match WHERE {resolved}"
+            )
+            self.db.execute(
+                f"""
+                CREATE OR REPLACE TABLE b_pending AS
+                SELECT p.tenant, p.suggestion_id, p.user_hash, p.file_path, p.floor_key,
+                    m.okey - 1 AS bound
+                FROM b_pending p JOIN b_match m
+                  ON m.tenant = p.tenant AND m.suggestion_id = p.suggestion_id
+                WHERE NOT ({resolved})
+                """
+            )
+            self.timings[f"inference_round_{round_}"] = round(time.perf_counter() - started, 3)
+            self.say(f"inference round {round_}: {observations} observations")
+
+    # -- 5. outcomes --------------------------------------------------------------------------
+
+    def decide(self) -> None:
+        keep = self.doc.survival.keep_threshold
+        visible = self.doc.visibility
+        unknown_excluded = visible.when_unknown == "exclude"
+        self.step(
+            "outcomes",
+            f"""
+            CREATE TABLE b_out AS
+            WITH j AS (
+                SELECT st.*, ev.obs_at, ev.method AS obs_method, ev.text AS obs_text,
+                    ev.clean AS obs_clean, ev.similarity AS obs_sim,
+                    coalesce(ev.found AND ev.complete, false) AS obs_ok,
+                    coalesce(ev.moved_found, false) AS moved
+                FROM b_state st LEFT JOIN b_evidence ev USING (tenant, suggestion_id)
+            ),
+            k AS (
+                SELECT *, CASE
+                    WHEN native_text IS NOT NULL THEN 'native'
+                    WHEN obs_ok AND obs_sim >= {keep} THEN 'inferred'
+                    WHEN moved THEN 'moved'
+                    WHEN obs_ok THEN 'inferred' END AS evidence
+                FROM j
+            ),
+            l AS (
+                SELECT *,
+                    CASE evidence WHEN 'native' THEN gm_similarity(inserted, native_text)
+                        WHEN 'moved' THEN 1.0 WHEN 'inferred' THEN obs_sim END AS evidence_sim,
+                    CASE evidence WHEN 'native' THEN native_text WHEN 'moved' THEN inserted
+                        WHEN 'inferred' THEN obs_text END AS evidence_text,
+                    CASE evidence WHEN 'inferred' THEN obs_clean ELSE evidence IS NOT NULL END
+                        AS evidence_clean,
+                    CASE evidence WHEN 'native' THEN native_elapsed_s
+                        WHEN 'moved' THEN (epoch_us(obs_at) - epoch_us(after_ts)) / 1e6
+                        WHEN 'inferred' THEN (epoch_us(obs_at) - epoch_us(after_ts)) / 1e6
+                        END AS evidence_elapsed_s
+                FROM k
+            ),
+            m AS (
+                SELECT *, CASE
+                    WHEN pre_excluded IS NOT NULL THEN NULL
+                    WHEN accepted THEN CASE
+                        WHEN evidence IS NULL AND NOT window_passed THEN NULL
+                        WHEN evidence IS NULL THEN 'accepted_unobserved'
+                        WHEN gm_nonblank(evidence_text) = 0 THEN 'accepted_deleted'
+                        WHEN evidence_sim >= {keep} THEN 'accepted_kept'
+                        ELSE 'accepted_edited' END
+                    WHEN evidence_sim >= {keep} THEN 'inferred_kept'
+                    WHEN rejected OR shown OR evidence IS NOT NULL THEN CASE
+                        WHEN NOT rejected AND NOT window_passed THEN NULL
+                        WHEN NOT {self._visible_ok()} THEN NULL
+                        WHEN evidence = 'inferred' AND evidence_clean
+                             AND gm_nonblank(evidence_text) > 0 THEN 'dismissed_handwritten'
+                        ELSE 'dismissed' END
+                    END AS status
+                FROM l
+            )
+            SELECT *, CASE
+                WHEN status IS NOT NULL THEN NULL
+                WHEN pre_excluded IS NOT NULL THEN pre_excluded
+                WHEN accepted THEN 'no_outcome_yet'
+                WHEN rejected OR shown OR evidence IS NOT NULL THEN CASE
+                    WHEN NOT rejected AND NOT window_passed THEN 'no_outcome_yet'
+                    WHEN visible_ms IS NULL AND {str(unknown_excluded).lower()}
+                        THEN 'visibility_unknown'
+                    ELSE 'not_visible_long_enough' END
+                WHEN window_passed THEN 'no_outcome'
+                ELSE 'no_outcome_yet' END AS excluded
+            FROM m
+            """,
+        )
+
+    # -- 6. rows and contexts -----------------------------------------------------------------
+
+    def emit_rows(self) -> None:
+        rules = self.config.rules
+        taken = (
+            "status IN ('accepted_kept', 'accepted_unobserved', 'accepted_edited', "
+            "'accepted_deleted', 'inferred_kept')"
+        )
+        survival = (
+            f"CASE WHEN status = 'accepted_unobserved' THEN "
+            f"{self.doc.reward.unobserved_survival} WHEN {taken} THEN evidence_sim ELSE 0.0 END"
+        )
+        fraction = (
+            f"CASE WHEN status = 'inferred_kept' THEN 1.0 WHEN {taken} THEN fraction ELSE 0.0 END"
+        )
+        reward = rules.reward_sql(f"CASE WHEN {taken} THEN 1 ELSE 0 END", fraction, survival)
+        common = "evidence, evidence_sim AS similarity, evidence_elapsed_s AS elapsed_s"
+        edited_pair = (
+            "status IN ('accepted_kept', 'accepted_edited') AND evidence_clean "
+            "AND gm_nonblank(evidence_text) > 0 AND gm_norm(evidence_text) <> gm_norm(inserted)"
+        )
+        self.step(
+            "rows",
+            f"""
+            CREATE TABLE b_rows AS
+            WITH w AS (
+                SELECT *, CASE
+                    WHEN status IN ('accepted_kept', 'accepted_edited', 'inferred_kept')
+                         AND evidence_clean AND gm_nonblank(evidence_text) > 0
+                        THEN evidence_text
+                    WHEN status IN ('accepted_kept', 'accepted_unobserved') THEN inserted
+                    WHEN status = 'inferred_kept' THEN completion
+                    WHEN status = 'dismissed_handwritten' THEN evidence_text
+                    END AS wanted_text
+                FROM b_out WHERE status IS NOT NULL
+            ),
+            accepted_per_request AS (
+                SELECT tenant, request_id, count(*) FILTER (WHERE accepted) AS n
+                FROM b_state GROUP BY ALL
+            )
+            SELECT 'labels' AS "set", tenant, suggestion_id, NULL::VARCHAR AS other_id,
+                request_id,
+                CASE WHEN fraction < 1 AND status LIKE 'accepted%' THEN 'partial_' || status
+                     ELSE status END AS rule,
+                CASE WHEN status LIKE 'accepted%' THEN inserted ELSE completion END
+                    AS completion,
+                NULL::VARCHAR AS chosen, NULL::VARCHAR AS rejected,
+                status IN ('accepted_kept', 'accepted_unobserved', 'inferred_kept') AS label,
+                NULL::DOUBLE AS reward,
+                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END AS weight, {common}
+            FROM w WHERE status <> 'accepted_edited'
+            UNION ALL
+            SELECT 'labels', tenant, suggestion_id, NULL, request_id,
+                CASE WHEN status = 'dismissed_handwritten' THEN 'handwritten_text'
+                     ELSE 'edited_text' END,
+                evidence_text, NULL, NULL, true, NULL, 1.0, {common}
+            FROM w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
+            UNION ALL
+            SELECT 'pairs', tenant, suggestion_id, NULL, request_id,
+                CASE WHEN status = 'dismissed_handwritten' THEN 'dismissed_handwritten'
+                     ELSE 'accepted_edited' END,
+                NULL, evidence_text,
+                CASE WHEN status = 'dismissed_handwritten' THEN completion ELSE inserted END,
+                NULL, NULL, 1.0, {common}
+            FROM w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
+            UNION ALL
+            SELECT 'pairs', a.tenant, a.suggestion_id, b.suggestion_id, a.request_id,
+                'choice_over_others', NULL, a.wanted_text, b.completion, NULL, NULL, 1.0,
+                a.evidence, a.evidence_sim, a.evidence_elapsed_s
+            FROM w a
+            JOIN accepted_per_request n ON n.tenant = a.tenant AND n.request_id = a.request_id
+            JOIN b_state b ON b.tenant = a.tenant AND b.request_id = a.request_id
+                AND b.suggestion_id <> a.suggestion_id
+            WHERE n.n = 1 AND a.accepted AND a.wanted_text IS NOT NULL
+              AND gm_nonblank(b.completion) > 0
+              AND gm_norm(b.completion) <> gm_norm(a.wanted_text)
+            UNION ALL
+            SELECT 'sft', tenant, suggestion_id, NULL, request_id, status, wanted_text, NULL,
+                NULL, NULL, NULL,
+                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}
+            FROM w WHERE wanted_text IS NOT NULL AND gm_nonblank(wanted_text) > 0
+            UNION ALL
+            SELECT 'rewards', tenant, suggestion_id, NULL, request_id, status, completion, NULL,
+                NULL, NULL, {reward}, 1.0, {common}
+            FROM w
+            """,
+        )
+
+    def contexts(self) -> None:
+        key = self.config.context_key.hex()
+        plain = ", ".join(_q(n) for n, f in TEMPLATE_FAMILIES.items() if f == "plain") or "''"
+        split = self.doc.split
+        self.step(
+            "contexts",
+            f"""
+            CREATE TABLE b_ctx AS
+            WITH need AS (
+                SELECT s.tenant, s.request_id, min(s.created_at) AS created_at,
+                    min(s.user_hash) AS user_hash, min(s.file_path) AS file_path,
+                    min(s.prompt_template) AS template,
+                    arg_min(s._file, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
+                FROM b_state s SEMI JOIN b_rows r USING (tenant, request_id)
+                GROUP BY s.tenant, s.request_id
+            ),
+            rendered AS (
+                SELECT n.*, gm_render(n.template, p.prefix, p.suffix) AS prompt
+                FROM need n JOIN raw_suggestions p ON p._file = n.f AND p._row = n.w
+            ),
+            shifted AS (
+                SELECT * EXCLUDE (prompt),
+                    CASE WHEN template IN ({plain})
+                         THEN regexp_extract(prompt, {_q(PROMPT_SHIFT_PATTERN)}) ELSE '' END
+                        AS shift0,
+                    prompt
+                FROM rendered
+            )
+            SELECT * EXCLUDE (prompt, shift0),
+                CASE WHEN shift0 = prompt THEN '' ELSE shift0 END AS shift,
+                sha256({_q(key)} || chr(31) || left(prompt, length(prompt)
+                    - length(CASE WHEN shift0 = prompt THEN '' ELSE shift0 END)))
+                    AS context_hash
+            FROM shifted
+            """,
+            # One request per context (the earliest); the others are duplicates.
+            "ALTER TABLE b_ctx ADD COLUMN kept BOOLEAN",
+            """
+            UPDATE b_ctx SET kept = d.rn = 1 FROM (
+                SELECT tenant, request_id, row_number() OVER (
+                    PARTITION BY context_hash ORDER BY created_at, tenant, request_id) AS rn
+                FROM b_ctx
+            ) d WHERE b_ctx.tenant = d.tenant AND b_ctx.request_id = d.request_id
+            """,
+        )
+        if split.eval_fraction > 0:
+            cutoff = (
+                f"(SELECT quantile_disc(created_at, {1 - split.eval_fraction}) "
+                "FROM b_ctx WHERE kept)"
+            )
+        else:
+            cutoff = "NULL::TIMESTAMPTZ"
+        purge_us = int(split.purge_s * 1e6)
+        self.step(
+            "split",
+            f"""
+            CREATE TABLE b_cut AS SELECT {cutoff} AS cutoff
+            """,
+            "ALTER TABLE b_ctx ADD COLUMN split VARCHAR",
+            """
+            UPDATE b_ctx SET split = CASE
+                WHEN NOT kept THEN NULL
+                WHEN created_at >= (SELECT cutoff FROM b_cut) THEN 'eval' ELSE 'train' END
+            """,
+            # A train context just before the cut from a file with eval contexts is dropped.
+            f"""
+            UPDATE b_ctx SET split = NULL, kept = NULL
+            WHERE split = 'train'
+              AND epoch_us(created_at) >= epoch_us((SELECT cutoff FROM b_cut)) - {purge_us}
+              AND file_path IS NOT NULL
+              AND EXISTS (
+                SELECT 1 FROM b_ctx e WHERE e.split = 'eval' AND e.tenant = b_ctx.tenant
+                  AND e.user_hash = b_ctx.user_hash AND e.file_path = b_ctx.file_path)
+            """,
+            """
+            CREATE TABLE b_final AS
+            WITH joined AS (
+                SELECT r.*, c.context_hash, c.split, c.shift, c.created_at AS ctx_created,
+                    c.f AS src_file, c.w AS src_row, c.template,
+                    s.language, s.model_version, s.policy_version
+                FROM b_rows r JOIN b_ctx c USING (tenant, request_id)
+                JOIN b_state s ON s.tenant = r.tenant AND s.suggestion_id = r.suggestion_id
+                WHERE c.split IS NOT NULL
+            ),
+            deduped AS (
+                SELECT * FROM joined
+                QUALIFY row_number() OVER (
+                    PARTITION BY "set", context_hash, coalesce(completion, ''),
+                        coalesce(chosen, ''), coalesce(rejected, ''), coalesce(label, false)
+                    ORDER BY suggestion_id, rule, coalesce(other_id, '')) = 1
+            )
+            SELECT *, row_number() OVER (
+                PARTITION BY "set", split
+                ORDER BY ctx_created, tenant, request_id, suggestion_id, rule,
+                    coalesce(other_id, '')) - 1 AS ord
+            FROM deduped
+            """,
+        )
+
+    # -- 7. files -----------------------------------------------------------------------------
+
+    def write(self) -> dict[str, dict[str, Any]]:
+        started = time.perf_counter()
+        writers: dict[tuple[str, str], _SetWriter] = {}
+        for set_name, schema in SETS.items():
+            for split in SPLITS:
+                path = self.work / set_name / f"{split}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writers[(set_name, split)] = _SetWriter(path, schema, self.config.row_group_rows)
+        sql = """
+            SELECT f."set", f.split,
+                left(p.prompt, length(p.prompt) - length(f.shift)) AS prompt,
+                CASE WHEN f.completion IS NOT NULL THEN f.shift || f.completion END AS completion,
+                CASE WHEN f.chosen IS NOT NULL THEN f.shift || f.chosen END AS chosen,
+                CASE WHEN f.rejected IS NOT NULL THEN f.shift || f.rejected END AS rejected,
+                f.label, f.reward
+            FROM b_final f JOIN (
+                SELECT r._file, r._row, gm_render(k.template, r.prefix, r.suffix) AS prompt
+                FROM raw_suggestions r
+                JOIN (SELECT DISTINCT f, w, template FROM b_ctx WHERE split IS NOT NULL) k
+                  ON r._file = k.f AND r._row = k.w
+            ) p ON p._file = f.src_file AND p._row = f.src_row
+            ORDER BY f."set", f.split, f.ord
+        """
+        try:
+            for batch in self.db.batches(sql):
+                table = pa.Table.from_batches([batch])
+                # Rows come ordered by (set, split): cut each batch where the pair changes.
+                keys = pc.binary_join_element_wise(
+                    table.column("set"), table.column("split"), "/"
+                ).combine_chunks()
+                changes = [0]
+                if len(keys) > 1:
+                    differs = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
+                    changes += [i + 1 for i in pc.indices_nonzero(differs).to_pylist()]
+                changes.append(table.num_rows)
+                for start, end in zip(changes, changes[1:], strict=False):
+                    set_name, split = keys[start].as_py().split("/")
+                    writer = writers[(set_name, split)]
+                    chunk = table.slice(start, end - start)
+                    writer.write(chunk.select(writer.schema.names).cast(writer.schema))
+        finally:
+            for writer in writers.values():
+                writer.close()
+        lineage_path = self.work / "lineage.parquet"
+        lineage = _SetWriter(lineage_path, LINEAGE_SCHEMA, self.config.row_group_rows)
+        try:
+            for batch in self.db.batches(
+                """
+                SELECT "set", split, ord AS "row", tenant, suggestion_id,
+                    other_id AS other_suggestion_id, request_id, rule, weight, context_hash,
+                    ctx_created AS created_at, language, model_version, policy_version,
+                    evidence, similarity, elapsed_s
+                FROM b_final ORDER BY "set", split, ord
+                """
+            ):
+                lineage.write(pa.Table.from_batches([batch]).cast(LINEAGE_SCHEMA))
+        finally:
+            lineage.close()
+        self.timings["write"] = round(time.perf_counter() - started, 3)
+        self.say(f"write: {self.timings['write']:.1f} s")
+        files: dict[str, dict[str, Any]] = {}
+        for (set_name, split), writer in sorted(writers.items()):
+            files[f"{set_name}/{split}.parquet"] = writer.summary()
+        files["lineage.parquet"] = lineage.summary()
+        return files
+
+    def card(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        rules = self.config.rules
+        counts: dict[str, Any] = {}
+        for set_name, split, rule, label, n in self.db.rows(
+            'SELECT "set", split, rule, label, count(*) FROM b_final GROUP BY ALL ORDER BY ALL'
+        ):
+            entry = counts.setdefault(set_name, {"rows": 0, "by_split": {}, "by_rule": {}})
+            entry["rows"] += n
+            entry["by_split"][split] = entry["by_split"].get(split, 0) + n
+            entry["by_rule"][rule] = entry["by_rule"].get(rule, 0) + n
+            if set_name == "labels":
+                name = "true" if label else "false"
+                entry.setdefault("by_label", {}).setdefault(name, 0)
+                entry["by_label"][name] += n
+        for set_name in SETS:
+            counts.setdefault(set_name, {"rows": 0, "by_split": {}, "by_rule": {}})
+            for split in SPLITS:
+                counts[set_name]["by_split"].setdefault(split, 0)
+        counts["labels"].setdefault("by_label", {"true": 0, "false": 0})
+        statuses = dict(
+            self.db.rows(
+                "SELECT status, count(*) FROM b_out WHERE status IS NOT NULL GROUP BY ALL "
+                "ORDER BY ALL"
+            )
+        )
+        exclusions = dict(
+            self.db.rows(
+                "SELECT excluded, count(*) FROM b_out WHERE excluded IS NOT NULL GROUP BY ALL "
+                "ORDER BY ALL"
+            )
+        )
+        for reason, n in self.db.rows(
+            """
+            SELECT CASE WHEN c.kept IS NULL THEN 'split_purge' ELSE 'duplicate_context' END,
+                count(*)
+            FROM b_out o JOIN b_ctx c USING (tenant, request_id)
+            WHERE o.status IS NOT NULL AND c.split IS NULL GROUP BY ALL ORDER BY ALL
+            """
+        ):
+            exclusions[reason] = n
+        (considered,) = self.db.rows("SELECT count(*) FROM b_out")[0]
+        used = self.db.rows(
+            """
+            SELECT epoch_us(min(ctx_created)), epoch_us(max(ctx_created)),
+                count(DISTINCT context_hash)
+            FROM b_final
+            """
+        )[0]
+        split_contexts = dict(
+            self.db.rows(
+                "SELECT split, count(*) FROM b_ctx WHERE split IS NOT NULL GROUP BY ALL "
+                "ORDER BY ALL"
+            )
+        )
+        cutoff = self.db.rows("SELECT epoch_us(cutoff) FROM b_cut")[0][0]
+
+        def distinct(column: str) -> list[str]:
+            return [
+                r[0]
+                for r in self.db.rows(
+                    f"SELECT DISTINCT {column} FROM b_final WHERE {column} IS NOT NULL ORDER BY 1"
+                )
+            ]
+
+        evidence = dict(
+            self.db.rows(
+                "SELECT coalesce(evidence, 'none'), count(*) FROM b_out WHERE status IS NOT NULL "
+                "GROUP BY ALL ORDER BY ALL"
+            )
+        )
+        inference_methods = dict(
+            self.db.rows("SELECT method, count(*) FROM b_evidence GROUP BY ALL ORDER BY ALL")
+        )
+        digest = hashlib.sha256(
+            json.dumps(
+                {
+                    "rules": rules.version,
+                    "since": self.config.since.astimezone(UTC).isoformat(),
+                    "until": self.config.until.astimezone(UTC).isoformat(),
+                    "tenants": list(self.config.tenants) if self.config.tenants else None,
+                    "files": {name: f["sha256"] for name, f in files.items()},
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        since = self.config.since.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        until = self.config.until.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return {
+            "id": f"ds-{since}-{until}-{digest[:12]}",
+            "card_version": 1,
+            "built_at": datetime.now(UTC).isoformat(),
+            "time_range": {
+                "since": self.config.since.astimezone(UTC).isoformat(),
+                "until": self.config.until.astimezone(UTC).isoformat(),
+                "first_context": _iso(used[0]),
+                "last_context": _iso(used[1]),
+            },
+            "scope": {"tenants": list(self.config.tenants) if self.config.tenants else None},
+            "tenants": distinct("tenant"),
+            "languages": distinct("language"),
+            "model_versions": distinct("model_version"),
+            "policy_versions": distinct("policy_version"),
+            "rules_version": rules.version,
+            "rules_source": rules.source,
+            "rules": rules.canonical(),
+            "reward": {
+                "formula": self.doc.reward.formula,
+                "clamped_to": [0.0, 1.0],
+                "variables": {
+                    "accepted": "1 if taken (accepted, or inferred kept), else 0",
+                    "fraction": "accepted share of a partial accept; 1 for full accepts and "
+                    "inferred keeps, 0 when not taken",
+                    "survival": "edit similarity at the latest window; "
+                    f"{self.doc.reward.unobserved_survival} when unobserved after the longest "
+                    "window; 0 when not taken",
+                },
+            },
+            "formats": _SET_FORMATS,
+            "counts": counts,
+            "outcomes": statuses,
+            "evidence": evidence,
+            "inference_methods": inference_methods,
+            "exclusions": exclusions,
+            "suggestions_considered": considered,
+            "split": {
+                "by": "time",
+                "cutoff": _iso(cutoff),
+                "contexts": {s: split_contexts.get(s, 0) for s in SPLITS},
+                "rows": {s: sum(counts[n]["by_split"].get(s, 0) for n in SETS) for s in SPLITS},
+                "eval_fraction": self.doc.split.eval_fraction,
+                "purge_s": self.doc.split.purge_s,
+                "context_hash": "sha256 of the deployment's dataset key and the training "
+                "prompt; no context hash is in both splits",
+            },
+            "prompt": {
+                "rendering": "the recorded template (prompt_template) over the stored, "
+                "redacted prefix and suffix: the served prompt",
+                "boundary": "for templates without FIM tokens, trailing whitespace and word "
+                f"characters ({PROMPT_SHIFT_PATTERN}) move from the prompt to the front of "
+                "each completion; prompt + completion is the served text",
+            },
+            "matching": "feedback_store.feedback_queries: exact then fuzzy (whitespace-"
+            "insensitive) left anchor on the prefix, extent by the suggestion's line count, "
+            "right anchor on the suffix's next line, complete only when the later cursor is "
+            "outside the span; moved text found unchanged elsewhere counts as kept; limits: "
+            "window around the later cursor, first anchor occurrence, lines inserted inside a "
+            "span shift its extent",
+            "files": files,
+            "timings_s": self.timings,
+        }
+
+
+def _iso(epoch_us: int | None) -> str | None:
+    if epoch_us is None:
+        return None
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch_us)).isoformat()
+
+
+class _SetWriter:
+    """Parquet with fixed row groups, so the same rows always give the same bytes."""
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int) -> None:
+        self.path = path
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            path, schema, compression="zstd", write_statistics=True
+        )
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def _flush(self, rows: int) -> None:
+        combined = pa.concat_tables(self._pending)
+        head, rest = combined.slice(0, rows), combined.slice(rows)
+        assert self._writer is not None
+        self._writer.write_table(head.combine_chunks(), row_group_size=rows)
+        self.rows += head.num_rows
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        self._writer.close()
+        self._writer = None
+
+    def summary(self) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return {"rows": self.rows, "bytes": self.path.stat().st_size, "sha256": digest.hexdigest()}

@@ -25,6 +25,7 @@ from .errors import (
     SnapshotNotFound,
 )
 from .rules import SignalRules, default_rules_path, load_rules, parse_rules, rules_json_schema
+from .snapshots import list_snapshots, read_card, snapshot_summary, verify_snapshot
 
 __all__ = [
     "LINEAGE_SCHEMA",
@@ -42,8 +43,12 @@ __all__ = [
     "SnapshotNotFound",
     "build_snapshot",
     "default_rules_path",
+    "list_snapshots",
     "load_rules",
     "parse_rules",
     "prompt_and_shift",
+    "read_card",
     "rules_json_schema",
+    "snapshot_summary",
+    "verify_snapshot",
 ]

@@ -12,8 +12,8 @@ anchor). The steps, each a table:
    request per file, in time order (the observations of the inference);
 3. ``b_state``: outcome facts, visible time, exclusions that need no inference;
 4. inference: for each suggestion that needs it, the latest later request of the same user and
-   file within the longest window (up to ``max_observations`` going back), matched as the
-   module docstring of feedback_store.feedback_queries says;
+   file within each survival window, the longest first, until one shows the insertion point
+   completely; matched as the module docstring of feedback_store.feedback_queries says;
 5. ``b_out``: one outcome per suggestion (see policies/signals.yaml), or an exclusion reason;
 6. ``b_rows``: the rows of each set; ``b_ctx``: the prompt each request was served with, its
    keyed context hash, dedup and the time split;
@@ -545,13 +545,12 @@ class _Builder:
             WHERE pre_excluded IS NULL AND file_path IS NOT NULL AND {enabled}
               AND CASE WHEN accepted THEN native_text IS NULL
                        WHEN rejected OR shown THEN {self._visible_ok()}
-                       ELSE {without} AND NOT telemetry_client END
+                       ELSE {without} AND NOT telemetry_client AND {self._visible_ok()} END
             """,
-            f"""
+            """
             CREATE TABLE b_pending AS
-            SELECT tenant, suggestion_id, user_hash, file_path, floor_key,
-                epoch_us(least(after_ts + to_microseconds({int(self.longest * 1e6)}),
-                               {self.until})) * 1024 + 1023 AS bound
+            SELECT tenant, suggestion_id, user_hash, file_path, floor_key, after_ts,
+                9223372036854775807 AS bound
             FROM b_cand
             """,
         )
@@ -562,8 +561,18 @@ class _Builder:
             ("okey", "BIGINT"),
             ("obs_at", "TIMESTAMPTZ"),
         ]
-        for round_ in range(1, inference.max_observations + 1):
+        # The latest later request within each survival window, the longest first, until one
+        # shows the insertion point completely (or the text moved).
+        windows = sorted(self.doc.survival.windows_s, reverse=True)
+        for window in windows:
             started = time.perf_counter()
+            self.db.execute(
+                f"""
+                UPDATE b_pending SET bound = least(bound, epoch_us(least(
+                    after_ts + to_microseconds({int(window * 1e6)}), {self.until}))
+                    * 1024 + 1023)
+                """
+            )
             self.db.execute("DROP TABLE IF EXISTS b_obs")
             self.db.execute(
                 """
@@ -579,7 +588,7 @@ class _Builder:
             (observations,) = self.db.rows("SELECT count(*) FROM b_obs")[0]
             if not observations:
                 break
-            source = """
+            source = f"""
                 SELECT o.tenant, o.suggestion_id, o.okey, o.obs_at, c.accepted, c.inserted,
                     p.prefix, p.suffix,
                     CASE WHEN o.obs_source = 'continue_edit' THEN '' ELSE q.prefix END
@@ -589,8 +598,20 @@ class _Builder:
                         AS later_suffix
                 FROM b_obs o
                 JOIN b_cand c ON c.tenant = o.tenant AND c.suggestion_id = o.suggestion_id
-                JOIN raw_suggestions p ON p._file = c._file AND p._row = c._row
-                JOIN raw_suggestions q ON q._file = o.rep_file AND q._row = o.rep_row
+                JOIN (
+                    SELECT _file, _row, right(prefix, {params.prefix_tail_chars + 1}) AS prefix,
+                        left(suffix, {params.suffix_head_chars}) AS suffix
+                    FROM raw_suggestions
+                ) p ON p._file = c._file AND p._row = c._row
+                JOIN (
+                    -- Edit records are observed whole (their code is a region, not a cursor).
+                    SELECT _file, _row, source,
+                        CASE WHEN source = 'continue_edit' THEN prefix
+                             ELSE right(prefix, {params.later_prefix_chars}) END AS prefix,
+                        left(suffix, {params.later_suffix_chars}) AS suffix,
+                        CASE WHEN source = 'continue_edit' THEN completion END AS completion
+                    FROM raw_suggestions
+                ) q ON q._file = o.rep_file AND q._row = o.rep_row
             """
             self.db.execute("DROP TABLE IF EXISTS b_match")
             match_later_requests(self.db, source, keys, "b_match", params)
@@ -604,14 +625,14 @@ class _Builder:
                 f"""
                 CREATE OR REPLACE TABLE b_pending AS
                 SELECT p.tenant, p.suggestion_id, p.user_hash, p.file_path, p.floor_key,
-                    m.okey - 1 AS bound
+                    p.after_ts, m.okey - 1 AS bound
                 FROM b_pending p JOIN b_match m
                   ON m.tenant = p.tenant AND m.suggestion_id = p.suggestion_id
                 WHERE NOT ({resolved})
                 """
             )
-            self.timings[f"inference_round_{round_}"] = round(time.perf_counter() - started, 3)
-            self.say(f"inference round {round_}: {observations} observations")
+            self.timings[f"inference_{int(window)}s"] = round(time.perf_counter() - started, 3)
+            self.say(f"inference within {window:g} s: {observations} observations")
 
     # -- 5. outcomes --------------------------------------------------------------------------
 
@@ -804,8 +825,8 @@ class _Builder:
             )
             SELECT * EXCLUDE (prompt, shift0),
                 CASE WHEN shift0 = prompt THEN '' ELSE shift0 END AS shift,
-                sha256({_q(key)} || chr(31) || left(prompt, length(prompt)
-                    - length(CASE WHEN shift0 = prompt THEN '' ELSE shift0 END)))
+                sha256({_q(key)} || md5(left(prompt, length(prompt)
+                    - length(CASE WHEN shift0 = prompt THEN '' ELSE shift0 END))))
                     AS context_hash
             FROM shifted
             """,
@@ -1072,8 +1093,8 @@ class _Builder:
                 "rows": {s: sum(counts[n]["by_split"].get(s, 0) for n in SETS) for s in SPLITS},
                 "eval_fraction": self.doc.split.eval_fraction,
                 "purge_s": self.doc.split.purge_s,
-                "context_hash": "sha256 of the deployment's dataset key and the training "
-                "prompt; no context hash is in both splits",
+                "context_hash": "sha256(dataset key hex + md5 hex of the training prompt); "
+                "no context hash is in both splits",
             },
             "prompt": {
                 "rendering": "the recorded template (prompt_template) over the stored, "

@@ -92,9 +92,6 @@ class InferenceRules(_Model):
         description="Also infer the outcome of suggestions from clients that never send events "
         "(kept text: inferred accept; other text: inferred dismissal).",
     )
-    max_observations: int = Field(
-        2, ge=1, le=5, description="Later requests tried, latest first, until one is complete."
-    )
     anchor_chars: int = Field(96, ge=8, le=4000, description="Exact left-anchor length.")
     min_anchor_chars: int = Field(
         12, ge=1, description="Non-whitespace characters an anchor needs to be trusted."
@@ -118,6 +115,13 @@ class InferenceRules(_Model):
     later_suffix_chars: int = Field(
         2000, ge=0, le=100000, description="Characters after a later cursor searched."
     )
+    span_slack_chars: int = Field(
+        400,
+        ge=0,
+        le=100000,
+        description="How much longer than the suggestion (plus the rest of its line) the span "
+        "that replaced it may be and still be observed complete.",
+    )
 
     def match_params(self) -> MatchParams:
         return MatchParams(
@@ -130,6 +134,7 @@ class InferenceRules(_Model):
             suffix_head_chars=self.suffix_head_chars,
             later_prefix_chars=self.later_prefix_chars,
             later_suffix_chars=self.later_suffix_chars,
+            span_slack_chars=self.span_slack_chars,
         )
 
 

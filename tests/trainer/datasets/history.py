@@ -110,3 +110,66 @@ class History:
     def land(self, parquet_dir: Path, batch: int = 1) -> None:
         ParquetLander(parquet_dir).land(f"{batch:020d}", self.records)
         self.records = []
+
+
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED_RULES = (ROOT / "policies" / "signals.yaml").read_text()
+
+
+def rules_text(**replacements: str) -> str:
+    """The shipped rules with ``old=new`` line replacements (keys are the old text)."""
+    text = SHIPPED_RULES
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def no_split_rules(**replacements: str) -> Any:
+    from trainer.datasets import parse_rules
+
+    return parse_rules(rules_text(**{"eval_fraction: 0.1": "eval_fraction: 0.0", **replacements}))
+
+
+def fim(prefix: str, suffix: str | None = "\n    return s\n") -> str:
+    return f"<fim_prefix>{prefix}<fim_suffix>{suffix or ''}<fim_middle>"
+
+
+def build(
+    tmp_path: Path,
+    history: History,
+    *,
+    rules: Any = None,
+    until: datetime | None = None,
+    **config: Any,
+) -> Any:
+    from trainer.datasets import BuildConfig, build_snapshot
+
+    parquet = tmp_path / "parquet"
+    if history.records:
+        history.land(parquet, batch=len(list(parquet.rglob("*.parquet"))) + 1)
+    return build_snapshot(
+        BuildConfig(
+            parquet_dir=parquet,
+            datasets_dir=tmp_path / "datasets",
+            since=T0,
+            until=until or T0 + timedelta(hours=2),
+            rules=rules or no_split_rules(),
+            context_key=KEY,
+            threads=1,
+            memory_limit="500MB",
+            **config,
+        )
+    )
+
+
+def read_set(snapshot: Any, name: str, split: str = "train") -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(snapshot.path / name / f"{split}.parquet").to_pylist()
+
+
+def lineage(snapshot: Any) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(snapshot.path / "lineage.parquet").to_pylist()

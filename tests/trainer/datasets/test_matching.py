@@ -1,0 +1,220 @@
+"""Server-side inference: where an insertion stands in a later request (Python and SQL paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from feedback_store import (
+    FeedbackDB,
+    MatchParams,
+    edit_similarity,
+    match_later_requests,
+    match_later_text,
+    normalize_code,
+)
+from tests.trainer.datasets.history import FILE_HEAD
+
+SUFFIX = "\n    return s\n"
+ACCEPTED = "s += i.price * i.quantity"
+BELOW = "\n    return s\n"
+
+# (name, later prefix, later suffix, accepted, expected method, complete, surviving text,
+#  expected similarity, moved)
+REPLAYS = [
+    # kept: the next request's prefix carries the text unchanged, cursor on a later line
+    (
+        "kept",
+        FILE_HEAD + ACCEPTED + "\n    ret",
+        "urn s\n",
+        True,
+        "exact",
+        True,
+        ACCEPTED,
+        1.0,
+        False,
+    ),
+    # edited: the developer changed the accepted text
+    (
+        "edited",
+        FILE_HEAD + "s += i.price\n    return s\n",
+        "",
+        True,
+        "exact",
+        True,
+        "s += i.price",
+        1 - 13 / 25,
+        False,
+    ),
+    # deleted: the line is gone, the next line of the original suffix follows the anchor
+    ("deleted", FILE_HEAD + "\n    return s\n", "", True, "exact", True, "", 0.0, False),
+    # re-indented: every line shifted by two spaces; whitespace does not count as an edit
+    (
+        "reindented",
+        FILE_HEAD.replace("\n    ", "\n      ") + "  " + ACCEPTED + "\n",
+        "      return s\n",
+        True,
+        "fuzzy",
+        True,
+        ACCEPTED,
+        1.0,
+        False,
+    ),
+    # moved: the text now stands above the function; the anchor shows other text
+    (
+        "moved",
+        "import math\n\n"
+        + ACCEPTED
+        + "\n"
+        + FILE_HEAD[len("import math\n") :]
+        + "pass\n    return s\n",
+        "",
+        True,
+        "exact",
+        True,
+        "pass",
+        None,
+        True,
+    ),
+    # still typing: the later cursor is inside the span, so the observation is incomplete
+    (
+        "typing",
+        FILE_HEAD + "s += i.pr",
+        "\n    return s\n",
+        True,
+        "exact",
+        False,
+        None,
+        None,
+        False,
+    ),
+    # dismissed, then written by hand at the same spot
+    (
+        "handwritten",
+        FILE_HEAD + "s = s + i.cost\n    return s\n",
+        "",
+        False,
+        "exact",
+        True,
+        "s = s + i.cost",
+        None,
+        False,
+    ),
+    # the file window no longer holds the insertion point
+    ("gone", "def other():\n    pass\n", "", True, "none", False, None, None, False),
+]
+
+
+@pytest.mark.parametrize(
+    "name,later_prefix,later_suffix,accepted,method,complete,text,similarity,moved",
+    REPLAYS,
+    ids=[r[0] for r in REPLAYS],
+)
+def test_when_later_request_replayed_then_the_insertion_is_found_as_written(
+    name, later_prefix, later_suffix, accepted, method, complete, text, similarity, moved
+):
+    match = match_later_text(
+        FILE_HEAD, SUFFIX, ACCEPTED, later_prefix, later_suffix, accepted=accepted
+    )
+    assert match.method == method
+    assert match.complete is complete
+    if complete:
+        assert match.text == text
+    if similarity is not None:
+        assert edit_similarity(match.compare_from, match.compare_to) == pytest.approx(similarity)
+    assert match.moved_found is moved
+
+
+def test_when_suggestion_ends_mid_line_then_rest_of_line_is_not_part_of_the_text():
+    prefix = FILE_HEAD + "s += price("
+    later = FILE_HEAD + "s += price(i, tax=0.2)\n    return s\n"
+    match = match_later_text(prefix, ")\n    return s\n", "i, rate", later, "")
+    assert (match.clean, match.text, match.compare_from) == (True, "i, tax=0.2", "i, rate")
+
+
+def test_when_rest_of_line_changed_then_match_is_not_clean_and_compares_whole_line():
+    prefix = FILE_HEAD + "s += price("
+    later = FILE_HEAD + "s += price(i) * 2\n    return s\n"
+    match = match_later_text(prefix, ")\n    return s\n", "i", later, "")
+    assert (match.clean, match.compare_from, match.compare_to) == (False, "i)", "i) * 2")
+
+
+def test_when_anchor_is_too_short_then_nothing_is_inferred():
+    params = MatchParams(min_anchor_chars=12)
+    match = match_later_text("x = ", "", "1", "x = 1\n", "", params)
+    assert match.found is False
+
+
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [
+        ("return x", "return x", 1.0),
+        ("    return  x\n", "return x", 1.0),  # whitespace-insensitive
+        ("abcd", "abce", 0.75),
+        ("", "", 1.0),
+        ("abc", "", 0.0),
+        ("héllo", "hello", 1 - 2 / 6),  # UTF-8 bytes, as DuckDB's levenshtein counts
+    ],
+)
+def test_when_similarity_computed_then_python_and_duckdb_agree(tmp_path: Path, a, b, expected):
+    assert edit_similarity(a, b) == pytest.approx(expected)
+    with FeedbackDB(tmp_path) as db:
+        (value,) = db.rows("SELECT gm_similarity($a, $b)", {"a": a, "b": b})[0]
+        (norm,) = db.rows("SELECT gm_norm($a)", {"a": a})[0]
+    assert value == pytest.approx(expected)
+    assert norm == normalize_code(a)
+
+
+def test_when_rows_matched_in_sql_then_results_equal_the_python_matcher(tmp_path: Path):
+    rows = []
+    for k, (_, later_prefix, later_suffix, accepted, *_rest) in enumerate(REPLAYS):
+        rows.append(
+            {
+                "k": k,
+                "prefix": FILE_HEAD,
+                "suffix": SUFFIX,
+                "inserted": ACCEPTED,
+                "later_prefix": later_prefix,
+                "later_suffix": later_suffix,
+                "accepted": accepted,
+            }
+        )
+    with FeedbackDB(tmp_path) as db:
+        table = pa.Table.from_pylist(rows)
+        db.con.register("replays_view", table)
+        db.execute("CREATE TABLE replays AS SELECT * FROM replays_view")
+        match_later_requests(db, "SELECT * FROM replays", [("k", "BIGINT")], "out", MatchParams())
+        got = {
+            r[0]: r[1:]
+            for r in db.rows(
+                "SELECT k, found, complete, method, text, compare_from, compare_to, clean, "
+                "moved_found, similarity FROM out"
+            )
+        }
+    assert len(got) == len(rows)
+    for row in rows:
+        match = match_later_text(
+            row["prefix"],
+            row["suffix"],
+            row["inserted"],
+            row["later_prefix"],
+            row["later_suffix"],
+            accepted=row["accepted"],
+        )
+        expected = (
+            match.found,
+            match.complete,
+            match.method,
+            match.text,
+            match.compare_from,
+            match.compare_to,
+            match.clean,
+            match.moved_found,
+        )
+        assert got[row["k"]][:8] == expected, REPLAYS[row["k"]][0]
+        if match.found:
+            assert got[row["k"]][8] == pytest.approx(
+                edit_similarity(match.compare_from, match.compare_to)
+            )

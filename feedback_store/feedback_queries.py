@@ -21,9 +21,9 @@ suffix'`` like this:
 3. **Extent.** The span that now stands where ``I`` was inserted runs from the insertion point
    over as many line breaks as ``I`` has, to the end of that line (it includes the rest of the
    cursor line, ``R`` = ``X`` up to its first line break). Right anchor: if the first non-blank
-   line of ``X`` after the cursor line (normalized, at least ``right_anchor_min_chars``) shows
-   up inside the span, the span ends before it (so deleted code does not swallow the next
-   lines).
+   line of ``X`` after the cursor line (normalized, at least ``right_anchor_min_chars``) is one
+   of the span's lines, the span ends before it (so deleted code does not swallow the next
+   lines; a deleted line leaves an empty span).
 4. **Complete or not.** The observation counts only if the span's last line has ended in ``O``
    within ``len(I) + len(R) + span_slack_chars`` characters of the insertion point (or the right
    anchor cut it), and the later cursor is not inside the span (the developer is not still
@@ -184,15 +184,15 @@ def _span_at(
     """The match for an insertion point ``start`` in ``later``, and the span's length."""
     parts = later[start : start + len(inserted) + len(rest) + slack].split("\n")
     newlines = inserted.count("\n")
-    cut = 0
+    cut = None
     if right_anchor is not None:
-        for index, line in enumerate(parts[1 : newlines + 1], start=1):
+        for index, line in enumerate(parts[: newlines + 1]):
             if normalize_code(line) == right_anchor:
                 cut = index
                 break
-    lines = cut if cut else newlines + 1
+    lines = cut if cut is not None else newlines + 1
     span = "\n".join(parts[:lines])
-    ended = bool(cut) or len(parts) > newlines + 1
+    ended = cut is not None or len(parts) > newlines + 1
     complete = ended and (cursor <= start or cursor > start + len(span))
     rest_stripped = rest.strip(_LINE_WS)
     span_rstripped = span.rstrip(_LINE_WS)
@@ -400,7 +400,10 @@ class FeedbackDB:
         if not files:
             # Same columns, no rows: a zero-row table built from a typed NULL row.
             table = pa.Table.from_pylist([], schema=kind.schema)
-            self.con.register(f"_empty_{folder}", table)
+            self.con.register("_gm_empty", table)
+            # A table, not the registered view: views registered from Python are per cursor.
+            self.con.execute(f"CREATE TABLE _empty_{folder} AS SELECT * FROM _gm_empty")
+            self.con.unregister("_gm_empty")
             self.con.execute(
                 f"CREATE VIEW raw_{folder} AS SELECT {columns}, '' AS _file, 0::BIGINT AS _row, "
                 f"'' AS _batch FROM _empty_{folder}"
@@ -531,12 +534,12 @@ c AS (
     FROM b),
 d AS (
     SELECT *, CASE WHEN pos = 0 OR gm_nonblank(ranchor_line) < {params.right_anchor_min_chars}
-                   OR m = 0 THEN 0
-              ELSE coalesce(list_position(list_transform(list_slice(parts, 2, m + 1),
+                   THEN 0
+              ELSE coalesce(list_position(list_transform(list_slice(parts, 1, m + 1),
                    lambda t: gm_norm(t)), ranchor_line), 0) END AS cut
     FROM c),
 e AS (
-    SELECT *, array_to_string(list_slice(parts, 1, CASE WHEN cut > 0 THEN cut ELSE m + 1 END),
+    SELECT *, array_to_string(list_slice(parts, 1, CASE WHEN cut > 0 THEN cut - 1 ELSE m + 1 END),
                               {nl}) AS span,
         (cut > 0 OR len(parts) > m + 1) AS ended, gm_strip(rest) AS rest_s
     FROM d),

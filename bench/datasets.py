@@ -401,12 +401,14 @@ from trainer.datasets import BuildConfig, build_snapshot, load_rules
 begin = time.perf_counter()
 snap = build_snapshot(BuildConfig(
     parquet_dir=Path({str(parquet)!r}), datasets_dir=Path({str(out)!r}),
-    since=datetime.fromisoformat({T0.isoformat()!r}), until=datetime.fromisoformat({until.isoformat()!r}),
+    since=datetime.fromisoformat({T0.isoformat()!r}),
+    until=datetime.fromisoformat({until.isoformat()!r}),
     rules=load_rules(), context_key=b"bench-key", threads={threads}, memory_limit={memory!r}),
     progress=lambda line: print(line, file=sys.stderr, flush=True))
 print(json.dumps({{"seconds": time.perf_counter() - begin, "id": snap.id,
                   "counts": snap.card["counts"], "outcomes": snap.card["outcomes"],
-                  "exclusions": snap.card["exclusions"], "considered": snap.card["suggestions_considered"],
+                  "exclusions": snap.card["exclusions"],
+                  "considered": snap.card["suggestions_considered"],
                   "evidence": snap.card["evidence"], "methods": snap.card["inference_methods"]}}))
 """
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -450,9 +452,10 @@ def main(argv: list[str] | None = None) -> None:
             (parquet / "until.txt").write_text(until.isoformat())
             (parquet / "counts.json").write_text(json.dumps(counts))
             size = sum(p.stat().st_size for p in parquet.rglob("*.parquet"))
+            elapsed = time.perf_counter() - begin
             print(
                 f"generated {counts['events']:,} events and {counts['suggestions']:,} suggestions "
-                f"({size / 1e9:.2f} GB of Parquet) in {time.perf_counter() - begin:.0f} s: {parquet}"
+                f"({size / 1e9:.2f} GB of Parquet) in {elapsed:.0f} s: {parquet}"
             )
         result = run_build(parquet, work / "datasets", until, args.threads, args.memory_limit)
         rows = {name: c["rows"] for name, c in result["counts"].items()}

@@ -101,7 +101,8 @@ def bootstrap_model_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Build the embedded default model: tokenizer + short pretraining on local Python sources."""
-    from trainer import BootstrapConfig, TrainerError, bootstrap_model
+    from trainer import BootstrapConfig, bootstrap_model
+    from trainer.errors import TrainerError
 
     settings = _settings(config, data_dir)
     target = output or settings.model_dir

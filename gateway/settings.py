@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     redaction_workers: int = Field(
         default=0, ge=0, description="Redaction processes; 0 runs redaction in a thread."
     )
-    redaction_timeout_s: float = Field(default=10.0, gt=0, description="Per-batch redaction limit.")
+    redaction_timeout_s: float = Field(default=10.0, gt=0, description="Per-record redaction time limit.")
     ingest_queue_size: int = Field(
         default=10_000, ge=1, description="Served suggestions waiting for redaction."
     )

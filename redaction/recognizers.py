@@ -496,6 +496,17 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
                 validate=random_looking(3.5),
             ),
             SecretPattern(
+                # AWS's secret-key shape quoted anywhere (`key = '...'`): 40 base64 characters
+                # with a '/' or '+', both cases and digits. Over-redacting a look-alike hash is
+                # the safe side of this trade.
+                "aws_secret_shape_quoted",
+                r"[\"'`](?P<value>(?=[A-Za-z0-9+]*[/+])(?=[^\"'`]*[a-z])(?=[^\"'`]*[A-Z])"
+                r"(?=[^\"'`]*[0-9])[A-Za-z0-9/+]{40})[\"'`]",
+                0.8,
+                keywords=("'", '"', "`"),
+                validate=random_looking(4.0),
+            ),
+            SecretPattern(
                 "aws_secret_near_key_id",
                 r"(?:AKIA|ASIA)[A-Z2-7]{16}[\s\S]{0,120}?(?<![A-Za-z0-9/+])"
                 r"(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",

@@ -165,13 +165,30 @@ def _split_examples(stream: list[int], eot_id: int) -> list[list[int]]:
 
 
 def test_when_package_imported_then_api_is_pinned_and_torch_stays_unloaded() -> None:
-    assert sorted(trainer.__all__) == [
-        "BootstrapConfig",
-        "bootstrap_model",
-        "errors",
-        "is_complete_model_dir",
-        "read_manifest",
-    ]
+    assert sorted(trainer.__all__) == sorted(
+        [
+            "BootstrapConfig",
+            "bootstrap_model",
+            "errors",
+            "is_complete_model_dir",
+            "read_manifest",
+            # datasets (issue 4)
+            "BuildConfig",
+            "BuildFailed",
+            "BuildInvalid",
+            "DatasetError",
+            "RulesInvalid",
+            "SignalRules",
+            "Snapshot",
+            "SnapshotCorrupt",
+            "SnapshotNotFound",
+            "build_snapshot",
+            "list_snapshots",
+            "load_rules",
+            "read_card",
+            "verify_snapshot",
+        ]
+    )
     heavy = "{'torch', 'transformers', 'tokenizers'}"
     probe = f"import sys, trainer; print(sorted({heavy} & set(sys.modules)))"
     result = subprocess.run(

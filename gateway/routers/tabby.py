@@ -81,7 +81,7 @@ class TabbyCompletionBody(BaseModel):
     segments: Segments
     user: str | None = Field(default=None, max_length=256)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     mode: str | None = None
 
 

@@ -85,3 +85,11 @@ def test_when_same_view_event_sent_twice_then_stored_once(gw):
         assert gw.client.post("/tabby/v1/events", json=body, headers=gw.auth()).status_code == 200
     gw.flush()
     assert gw.query("SELECT count(*) FROM events") == [(1,)]
+
+
+def test_when_seed_outside_64_bits_then_422_not_500(gw):
+    """Found by schemathesis: an out-of-range seed crashed the JSON encoder upstream."""
+    body = {**COMPLETION, "seed": -(2**63) - 1}
+    r = gw.client.post("/tabby/v1/completions", json=body, headers=gw.auth())
+    assert r.status_code == 422
+    assert "seed" in r.json()["detail"]

@@ -79,26 +79,19 @@ class OpenAIUpstreamBackend(ModelBackend):
         return render_completion(self.family, request.prefix, request.suffix)
 
     def _completion_body(self, request: CompletionRequest, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": request.model or self.upstream_model,
-            "prompt": self.render_completion_prompt(request),
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "n": request.n,
-        }
-        if request.stop:
-            body["stop"] = request.stop
-        if request.seed is not None:
-            body["seed"] = request.seed
-        if stream:
-            body["stream"] = True
-        return body
+        return self._body(request, stream, prompt=self.render_completion_prompt(request))
 
     def _chat_body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        return self._body(request, stream, messages=messages)
+
+    def _body(
+        self, request: CompletionRequest | ChatRequest, stream: bool, **payload: Any
+    ) -> dict[str, Any]:
+        """The sampling fields both OpenAI endpoints share, around prompt or messages."""
         body: dict[str, Any] = {
             "model": request.model or self.upstream_model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            **payload,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,

@@ -85,3 +85,45 @@ def median(values: Sequence[float]) -> float:
 
 
 PYTHON = sys.executable
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (e.g. the gateway's redaction workers)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(x) for x in text)
+    return out
+
+
+def pin_children(pid: int, cores: Sequence[int]) -> list[int]:
+    """Moves a server's helper processes (redaction workers) off the server's own core."""
+    available = sorted(os.sched_getaffinity(0))
+    chosen = [c for c in cores if c in available] or available
+    kids = children(pid)
+    for kid in kids:
+        os.sched_setaffinity(kid, chosen)
+    return kids
+
+
+def metric_sum(metrics_text: str, name: str) -> float:
+    """Sum of every sample of one Prometheus metric (all label sets)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_recorded(base_url: str, expected: int, timeout_s: float = 300.0) -> float:
+    """Waits until the gateway has made `expected` records durable; returns seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        text = httpx.get(f"{base_url}/metrics", timeout=5.0).text
+        done = metric_sum(text, "gristmill_records_total") + metric_sum(
+            text, "gristmill_ingest_overflow_total"
+        )
+        if done >= expected:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise RuntimeError(f"the gateway recorded fewer than {expected} records in {timeout_s}s")

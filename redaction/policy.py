@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -98,6 +99,60 @@ class PathRule(_Model):
     action: Literal["drop_record"] = Field("drop_record", description="What happens on a match.")
 
 
+class OverrideMatch(_Model):
+    """Which records an override applies to: every listed criterion must match."""
+
+    tenants: list[str] = Field(
+        default_factory=list, description="Tenant names; empty means any tenant."
+    )
+    repos: list[str] = Field(
+        default_factory=list,
+        description="Repositories (owner/name, globs allowed, e.g. acme/*); empty means any.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_something(self) -> OverrideMatch:
+        if not self.tenants and not self.repos:
+            raise ValueError("an override must match tenants, repos or both")
+        if any(not item.strip() for item in [*self.tenants, *self.repos]):
+            raise ValueError("tenant and repo entries must not be empty")
+        return self
+
+
+class Override(_Model):
+    """Changes for some tenants or repositories, merged over the base policy at redact time.
+
+    `entities` replace or add rules by entity name; `remove_entities` stops acting on
+    entities for these records; lists (allow, custom recognizers, path rules) are appended.
+    Several matching overrides apply in file order.
+    """
+
+    name: str = Field(pattern=_NAME, description="Unique override name (shown in dry runs).")
+    match: OverrideMatch = Field(description="Tenants and/or repositories this applies to.")
+    entities: dict[str, EntityRule] = Field(
+        default_factory=dict, description="Entity rules added or replaced for these records."
+    )
+    remove_entities: list[str] = Field(
+        default_factory=list, description="Entities of the base policy not acted on here."
+    )
+    allow: AllowList = Field(default_factory=AllowList, description="Extra allow list.")
+    custom_recognizers: list[CustomRecognizer] = Field(
+        default_factory=list, description="Extra recognizers for these records."
+    )
+    path_rules: list[PathRule] = Field(default_factory=list, description="Extra path rules.")
+
+    def applies(self, tenant: str | None, repo: str | None) -> bool:
+        if self.match.tenants and (tenant or "") not in self.match.tenants:
+            return False
+        if self.match.repos:
+            name = (repo or "").strip().lower()
+            if not name or not any(
+                fnmatch.fnmatchcase(name, pattern.strip().lower()) for pattern in self.match.repos
+            ):
+                return False
+        return True
+
+
 class PolicyDocument(_Model):
     """The whole policy file."""
 
@@ -121,6 +176,35 @@ class PolicyDocument(_Model):
         default_factory=list,
         description="Record fields that hold prose, not code: NER runs on all of their text.",
     )
+    overrides: list[Override] = Field(
+        default_factory=list,
+        description="Per-tenant and per-repository changes merged over this base policy.",
+    )
+
+    def merged(self, indices: tuple[int, ...]) -> PolicyDocument:
+        """The base document with the given overrides applied in order (no overrides left)."""
+        entities = dict(self.entities)
+        literals, regexes = list(self.allow.literals), list(self.allow.regexes)
+        recognizers, path_rules = list(self.custom_recognizers), list(self.path_rules)
+        for index in indices:
+            override = self.overrides[index]
+            for name in override.remove_entities:
+                entities.pop(name, None)
+            entities.update(override.entities)
+            literals.extend(override.allow.literals)
+            regexes.extend(override.allow.regexes)
+            recognizers.extend(override.custom_recognizers)
+            path_rules.extend(override.path_rules)
+        recognizers = [r for r in recognizers if r.entity in entities]
+        return self.model_copy(
+            update={
+                "entities": entities,
+                "allow": AllowList(literals=literals, regexes=regexes),
+                "custom_recognizers": recognizers,
+                "path_rules": path_rules,
+                "overrides": [],
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +226,23 @@ class RedactionPolicy:
     @cached_property
     def _path_patterns(self) -> list[regex.Pattern[str]]:
         return [glob_regex(rule.glob) for rule in self.document.path_rules]
+
+    def matching_overrides(self, tenant: str | None, repo: str | None) -> tuple[int, ...]:
+        """Indices of the overrides that apply to a record of this tenant and repository."""
+        return tuple(i for i, o in enumerate(self.document.overrides) if o.applies(tenant, repo))
+
+    def with_overrides(self, indices: tuple[int, ...]) -> RedactionPolicy:
+        """The effective policy for records matching these overrides. It keeps the version
+        of the whole file: a record's version names the file that redacted it."""
+        if not indices:
+            return self
+        names = ",".join(self.document.overrides[i].name for i in indices)
+        return RedactionPolicy(
+            version=self.version,
+            text=self.text,
+            source=f"{self.source}#overrides[{names}]",
+            document=self.document.merged(indices),
+        )
 
     def opted_out(self, repo: str | None) -> bool:
         """True when the repository is on the opt-out list."""
@@ -221,37 +322,100 @@ def _semantic_errors(doc: PolicyDocument, root: yaml.Node | None) -> list[FieldE
     def add(parts: list[str], msg: str) -> None:
         errors.append({"loc": ".".join(parts), "line": _line_of(root, parts), "msg": msg})
 
-    custom_entities: dict[str, int] = {}
-    seen_names: set[str] = set()
-    for i, rec in enumerate(doc.custom_recognizers):
-        base = ["custom_recognizers", str(i)]
-        if rec.name in seen_names:
+    base_custom = _check_recognizers(doc.custom_recognizers, ["custom_recognizers"], set(), add)
+    _check_entities(doc.entities, base_custom, ["entities"], add)
+    for rec_index, rec in enumerate(doc.custom_recognizers):
+        if rec.entity not in doc.entities:
+            add(
+                ["custom_recognizers", str(rec_index), "entity"],
+                f"entity '{rec.entity}' has no rule under entities",
+            )
+    _check_allow_and_paths(doc.allow, doc.path_rules, [], add)
+    seen_overrides: set[str] = set()
+    for i, override in enumerate(doc.overrides):
+        base = ["overrides", str(i)]
+        if override.name in seen_overrides:
+            add([*base, "name"], f"duplicate override name '{override.name}'")
+        seen_overrides.add(override.name)
+        names = {r.name for r in doc.custom_recognizers}
+        custom = base_custom | _check_recognizers(
+            override.custom_recognizers, [*base, "custom_recognizers"], names, add
+        )
+        _check_entities(override.entities, custom, [*base, "entities"], add)
+        for j, name in enumerate(override.remove_entities):
+            if name not in doc.entities:
+                add(
+                    [*base, "remove_entities", str(j)],
+                    f"'{name}' is not an entity of the base policy",
+                )
+            elif name in override.entities:
+                add(
+                    [*base, "remove_entities", str(j)],
+                    f"'{name}' is both removed and given a rule in this override",
+                )
+        effective = (set(doc.entities) - set(override.remove_entities)) | set(override.entities)
+        for rec_index, rec in enumerate(override.custom_recognizers):
+            if rec.entity not in effective:
+                add(
+                    [*base, "custom_recognizers", str(rec_index), "entity"],
+                    f"entity '{rec.entity}' has no rule under entities",
+                )
+        _check_allow_and_paths(override.allow, override.path_rules, base, add)
+    return errors
+
+
+def _check_recognizers(
+    recognizers: list[CustomRecognizer],
+    where: list[str],
+    taken_names: set[str],
+    add: Callable[[list[str], str], None],
+) -> set[str]:
+    """Checks custom recognizers; returns the entity names they define."""
+    entities: set[str] = set()
+    seen = set(taken_names)
+    for i, rec in enumerate(recognizers):
+        base = [*where, str(i)]
+        if rec.name in seen:
             add([*base, "name"], f"duplicate recognizer name '{rec.name}'")
-        seen_names.add(rec.name)
+        seen.add(rec.name)
         if rec.entity in CATALOGUE:
             add([*base, "entity"], f"'{rec.entity}' is a built-in entity; pick another name")
-        custom_entities.setdefault(rec.entity, i)
-        if rec.entity not in doc.entities:
-            add([*base, "entity"], f"entity '{rec.entity}' has no rule under entities")
+        entities.add(rec.entity)
         for j, pattern in enumerate(rec.patterns):
             problem = regex_problem(pattern.regex)
             if problem:
                 add([*base, "patterns", str(j), "regex"], problem)
-    for name in doc.entities:
-        if name not in CATALOGUE and name not in custom_entities:
+    return entities
+
+
+def _check_entities(
+    entities: dict[str, EntityRule],
+    custom: set[str],
+    where: list[str],
+    add: Callable[[list[str], str], None],
+) -> None:
+    for name in entities:
+        if name not in CATALOGUE and name not in custom:
             add(
-                ["entities", name],
+                [*where, name],
                 f"unknown entity '{name}'; known: {', '.join(sorted(CATALOGUE))} "
                 "or an entity of a custom recognizer",
             )
-    for j, pattern_text in enumerate(doc.allow.regexes):
+
+
+def _check_allow_and_paths(
+    allow: AllowList,
+    path_rules: list[PathRule],
+    where: list[str],
+    add: Callable[[list[str], str], None],
+) -> None:
+    for j, pattern_text in enumerate(allow.regexes):
         problem = regex_problem(pattern_text)
         if problem:
-            add(["allow", "regexes", str(j)], problem)
-    for j, rule in enumerate(doc.path_rules):
+            add([*where, "allow", "regexes", str(j)], problem)
+    for j, rule in enumerate(path_rules):
         if "\\" in rule.glob:
-            add(["path_rules", str(j), "glob"], "use forward slashes in path globs")
-    return errors
+            add([*where, "path_rules", str(j), "glob"], "use forward slashes in path globs")
 
 
 def regex_problem(pattern: str) -> str | None:

@@ -43,6 +43,27 @@ _ENTITIES = [
     EntityType("GOOGLE_API_KEY", "GOOGLE_API_KEY", Kind.SECRET, "Google API key (AIza...)"),
     EntityType("JWT", "JWT", Kind.SECRET, "JSON Web Token"),
     EntityType("URL_CREDENTIALS", "URL_CREDENTIALS", Kind.SECRET, "user:password in a URL"),
+    EntityType("NPM_TOKEN", "NPM_TOKEN", Kind.SECRET, "npm access token (npm_, .npmrc _authToken)"),
+    EntityType("PYPI_TOKEN", "PYPI_TOKEN", Kind.SECRET, "PyPI upload token (pypi-AgEIcHlwaS5vcmc)"),
+    EntityType(
+        "AZURE_STORAGE_KEY",
+        "AZURE_STORAGE_KEY",
+        Kind.SECRET,
+        "Azure storage / service bus key in a connection string (AccountKey=)",
+    ),
+    EntityType(
+        "AZURE_SAS_TOKEN", "AZURE_SAS_TOKEN", Kind.SECRET, "Azure shared access signature (sig=)"
+    ),
+    EntityType("TWILIO_KEY", "TWILIO_KEY", Kind.SECRET, "Twilio SID (AC/SK) or auth token"),
+    EntityType("SENDGRID_API_KEY", "SENDGRID_API_KEY", Kind.SECRET, "SendGrid API key (SG.)"),
+    EntityType("VAULT_TOKEN", "VAULT_TOKEN", Kind.SECRET, "HashiCorp Vault token (hvs., s.)"),
+    EntityType("DATADOG_KEY", "DATADOG_KEY", Kind.SECRET, "Datadog API or application key"),
+    EntityType(
+        "GCP_SERVICE_ACCOUNT_KEY",
+        "GCP_SERVICE_ACCOUNT_KEY",
+        Kind.SECRET,
+        "private_key / private_key_id of a GCP service-account JSON key file",
+    ),
     EntityType(
         "GENERIC_SECRET", "SECRET", Kind.SECRET, "value assigned to a password/secret/token name"
     ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -390,6 +391,7 @@ def random_looking(min_entropy: float) -> Validator:
     return check
 
 
+_RANDOM_35 = random_looking(3.5)
 _PASSWORD_WORDS = ("pass", "pwd")
 
 
@@ -441,6 +443,89 @@ def personal_account(value: str, _match: regex.Match[str]) -> bool:
     if value.lower() in _GENERIC_ACCOUNTS:
         return False
     return not any(c in value for c in "$%{}<>*")
+
+
+_BASE62_ORDERS = (
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+)
+
+
+def _base62(number: int, alphabet: str, width: int) -> str:
+    digits = []
+    while number:
+        number, rest = divmod(number, 62)
+        digits.append(alphabet[rest])
+    return "".join(reversed(digits)).rjust(width, alphabet[0])
+
+
+def crc32_checksum_ok(token: str) -> bool:
+    """GitHub-style token checksum: the last 6 characters are the base62 CRC32 of the
+    random part before them (`ghp_` + 30 random + 6 checksum; npm_ tokens alike)."""
+    body = token.split("_", 1)[-1]
+    if len(body) != 36 or not body.isalnum():
+        return False
+    random_part, checksum = body[:30], body[30:]
+    crc = zlib.crc32(random_part.encode("ascii"))
+    return any(_base62(crc, alphabet, 6) == checksum for alphabet in _BASE62_ORDERS)
+
+
+def checksum_or_random(min_entropy: float) -> Validator:
+    """A token whose checksum holds, or one that at least looks random (old or truncated)."""
+    looks_random = random_looking(min_entropy)
+
+    def check(value: str, match: regex.Match[str]) -> bool:
+        return crc32_checksum_ok(value) or looks_random(value, match)
+
+    return check
+
+
+def unchecked_token(value: str, match: regex.Match[str]) -> bool:
+    """A random-looking token whose checksum does not hold (the checksum pattern has it)."""
+    return not crc32_checksum_ok(value) and _RANDOM_35(value, match)
+
+
+def after_context(
+    words: regex.Pattern[str], window: int, then: Validator | None = None
+) -> Validator:
+    """The value is preceded, within `window` characters, by one of the context `words`."""
+
+    def check(value: str, match: regex.Match[str]) -> bool:
+        start = match.start("value") if "value" in match.re.groupindex else match.start()
+        if not words.search(match.string, max(0, start - window), start):
+            return False
+        return then is None or then(value, match)
+
+    return check
+
+
+def mixed_hex(value: str, _match: regex.Match[str]) -> bool:
+    """Random hex has letters and digits; `deadbeef...` runs and counters do not pass."""
+    return (
+        any(c.isdigit() for c in value)
+        and any(c.isalpha() for c in value)
+        and shannon_entropy(value) >= 3.0
+        and not is_placeholder(value)
+    )
+
+
+_SAS_FIELDS = regex.compile(r"(?<![A-Za-z])(?:sv|se|sp|sr|spr|srt|ss|st)=", regex.IGNORECASE)
+
+
+def sas_signature(value: str, match: regex.Match[str]) -> bool:
+    """`sig=` of an Azure shared access signature: `sv=` and `se=`/`sp=` in the same query."""
+    text = match.string
+    left = max(text.rfind(c, 0, match.start()) for c in " \t\n\"'`<>(")
+    right_cut = [i for i in (text.find(c, match.end()) for c in " \t\n\"'`<>)") if i >= 0]
+    right = min(right_cut) if right_cut else len(text)
+    fields = {m.group().lower() for m in _SAS_FIELDS.finditer(text, left + 1, right)}
+    return "sv=" in fields and bool(fields & {"se=", "sp="}) and not is_placeholder(value)
+
+
+def pem_value(value: str, _match: regex.Match[str]) -> bool:
+    """An escaped PEM private key whose body is not a documentation stand-in."""
+    body = regex.sub(r"-----[A-Z ]+-----|\\n|\s", "", value)
+    return "PRIVATE KEY" in value and len(body) >= 16 and not is_placeholder(body)
 
 
 # --- the secret catalogue ------------------------------------------------------------------
@@ -521,11 +606,21 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
         "GITHUB_TOKEN",
         (
             SecretPattern(
-                "github_classic",
-                r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,251}\b",
-                0.95,
+                # The current format carries a CRC32 checksum: a match is certainly a token.
+                "github_classic_checksum",
+                r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}\b",
+                1.0,
                 keywords=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
-                validate=not_placeholder,
+                validate=lambda value, _m: crc32_checksum_ok(value),
+            ),
+            SecretPattern(
+                # Without a valid checksum (older, truncated or hand-made): still redacted at
+                # a lower score if it looks random; a policy threshold above 0.6 drops these.
+                "github_classic",
+                r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,251}\b",
+                0.6,
+                keywords=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+                validate=unchecked_token,
             ),
             SecretPattern(
                 "github_fine_grained",
@@ -724,6 +819,175 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
                 keywords=("env",),
                 flags=_CI,
                 validate=assigned_secret,
+            ),
+        ),
+    ),
+    SecretKind(
+        "npm_token",
+        "NPM_TOKEN",
+        (
+            SecretPattern(
+                "npm_checksum",
+                r"\bnpm_[A-Za-z0-9]{36}(?![A-Za-z0-9])",
+                1.0,
+                keywords=("npm_",),
+                validate=lambda value, _m: crc32_checksum_ok(value),
+            ),
+            SecretPattern(
+                "npm_token",
+                r"\bnpm_[A-Za-z0-9]{36}(?![A-Za-z0-9])",
+                0.6,
+                keywords=("npm_",),
+                validate=unchecked_token,
+            ),
+            SecretPattern(
+                # .npmrc: `//registry.npmjs.org/:_authToken=...` (legacy tokens are UUIDs).
+                "npmrc_auth",
+                r"(?:_authToken|_auth|_password)\s{0,4}=\s{0,4}[\"']?(?P<value>[^\s\"'$]{8,512})",
+                0.9,
+                keywords=("_auth", "_password"),
+                validate=not_placeholder,
+            ),
+        ),
+    ),
+    SecretKind(
+        "pypi_token",
+        "PYPI_TOKEN",
+        (
+            SecretPattern(
+                # A macaroon whose first caveat names pypi.org (or test.pypi.org).
+                "pypi_upload_token",
+                r"\bpypi-(?:AgEIcHlwaS5vcmc|AgENdGVzdC5weXBpLm9yZw)[A-Za-z0-9_\-]{32,}",
+                1.0,
+                keywords=("pypi-ag",),
+            ),
+        ),
+    ),
+    SecretKind(
+        "azure_storage_key",
+        "AZURE_STORAGE_KEY",
+        (
+            SecretPattern(
+                "azure_account_key",
+                r"(?:AccountKey|SharedAccessKey|PrimaryKey|SecondaryKey)\s{0,2}=\s{0,2}"
+                r"(?P<value>[A-Za-z0-9+/]{30,}={0,2})",
+                0.95,
+                keywords=("accountkey", "sharedaccesskey", "primarykey", "secondarykey"),
+                flags=_CI,
+                validate=random_looking(3.5),
+            ),
+        ),
+    ),
+    SecretKind(
+        "azure_sas_token",
+        "AZURE_SAS_TOKEN",
+        (
+            SecretPattern(
+                "azure_sas_signature",
+                r"(?<![A-Za-z0-9])sig=(?P<value>[A-Za-z0-9%+/=_\-]{20,256})",
+                0.95,
+                keywords=("sig=",),
+                validate=sas_signature,
+            ),
+        ),
+    ),
+    SecretKind(
+        "twilio",
+        "TWILIO_KEY",
+        (
+            SecretPattern(
+                "twilio_sid",
+                r"\b(?:AC|SK)[0-9a-f]{32}\b",
+                0.9,
+                keywords=("ac", "sk"),
+                validate=mixed_hex,
+            ),
+            SecretPattern(
+                "twilio_auth_token",
+                r"(?<![0-9A-Za-z])(?P<value>[0-9a-f]{32})(?![0-9A-Za-z])",
+                0.85,
+                keywords=("twilio",),
+                validate=after_context(regex.compile(r"twilio", regex.IGNORECASE), 300, mixed_hex),
+            ),
+        ),
+    ),
+    SecretKind(
+        "sendgrid_api_key",
+        "SENDGRID_API_KEY",
+        (
+            SecretPattern(
+                "sendgrid",
+                r"\bSG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{30,64}(?![A-Za-z0-9_\-])",
+                0.95,
+                keywords=("sg.",),
+                validate=not_placeholder,
+            ),
+        ),
+    ),
+    SecretKind(
+        "vault_token",
+        "VAULT_TOKEN",
+        (
+            SecretPattern(
+                "vault_prefixed",
+                r"\bhv[sbr]\.[A-Za-z0-9_\-]{24,}",
+                0.95,
+                keywords=("hvs.", "hvb.", "hvr."),
+                validate=random_looking(3.5),
+            ),
+            SecretPattern(
+                # Vault < 1.10: `s.` + 24 characters; only near a mention of Vault.
+                "vault_legacy",
+                r"(?<![\w.])(?P<value>[sb]\.[A-Za-z0-9]{24})(?![\w.])",
+                0.85,
+                keywords=("vault",),
+                validate=after_context(
+                    regex.compile(r"vault", regex.IGNORECASE), 200, random_looking(3.5)
+                ),
+            ),
+        ),
+    ),
+    SecretKind(
+        "datadog_key",
+        "DATADOG_KEY",
+        (
+            SecretPattern(
+                # API keys are 32 hex, application keys 40; hex of that length is also an MD5
+                # or a git SHA, so only a Datadog name before it makes it a key.
+                "datadog_key",
+                r"(?<![0-9A-Za-z])(?P<value>[0-9a-f]{40}|[0-9a-f]{32})(?![0-9A-Za-z])",
+                0.9,
+                keywords=("datadog", "dd_", "dd-", "ddapi", "ddapp"),
+                validate=after_context(
+                    regex.compile(
+                        r"datadog|(?<![A-Za-z])dd[_-]?(?:api|app|application|client)",
+                        regex.IGNORECASE,
+                    ),
+                    120,
+                    mixed_hex,
+                ),
+            ),
+        ),
+    ),
+    SecretKind(
+        "gcp_service_account",
+        "GCP_SERVICE_ACCOUNT_KEY",
+        (
+            SecretPattern(
+                # The JSON-escaped PEM of a service-account key file, to its closing quote
+                # (or the end of the window when the payload cuts it off).
+                "gcp_private_key",
+                r"[\"']private_key[\"']\s{0,4}:\s{0,4}[\"']"
+                r"(?P<value>-----BEGIN[A-Z ]{0,20} PRIVATE KEY-----(?:[^\"'\\]|\\.){0,8192})",
+                1.0,
+                keywords=("private_key",),
+                validate=pem_value,
+            ),
+            SecretPattern(
+                "gcp_private_key_id",
+                r"[\"']private_key_id[\"']\s{0,4}:\s{0,4}[\"'](?P<value>[0-9a-f]{40})[\"']",
+                0.95,
+                keywords=("private_key_id",),
             ),
         ),
     ),

@@ -195,7 +195,7 @@ def test_when_private_key_in_service_account_json_then_replaced(redactor, fakes)
     out = redactor.redact({"prefix": text}, file_path="sa.json")
     assert out is not None
     assert body not in out.fields["prefix"]
-    assert '"private_key": "<PRIVATE_KEY_1>' in out.fields["prefix"]
+    assert '"private_key": "<GCP_SERVICE_ACCOUNT_KEY_1>"' in out.fields["prefix"]
 
 
 def test_when_key_cut_by_cursor_then_both_halves_replaced(redactor, fakes):

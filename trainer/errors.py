@@ -5,6 +5,13 @@ TrainerError (500)
 ├── NoSourcesError (422)           no usable *.py files under the source dirs
 ├── CorpusTooSmallError (422)      sources too small to train and validate on
 ├── CheckpointMismatchError (409)  output_dir holds checkpoints of another config or corpus
+├── RunExistsError (409)           output_dir holds an earlier run and resume was not asked for
+├── EmptyTrainingSetError (422)    the snapshot has no training rows the method can use
+├── EvaluationError (422)          the gate cannot evaluate (no held-out data, bad adapter)
+├── RegistryError (500)
+│   ├── VersionNotFoundError (404) no such model version
+│   ├── InvalidTransitionError (409) the state change is not allowed from the current state
+│   └── RegistryCorruptError (500) the registry file is unreadable or malformed
 ├── ModelDirError (500)
 │   ├── IncompleteModelError (404) no complete model (manifest) in the directory
 │   ├── ManifestError (500)        the manifest is unreadable or malformed
@@ -20,14 +27,21 @@ from pathlib import Path
 __all__ = [
     "CheckpointMismatchError",
     "CorpusTooSmallError",
+    "EmptyTrainingSetError",
+    "EvaluationError",
     "IncompleteModelError",
     "InvalidConfigError",
     "ManifestError",
     "ModelDirError",
     "ModelWriteError",
     "NoSourcesError",
+    "RegistryCorruptError",
+    "RegistryError",
+    "RunExistsError",
     "TrainerError",
     "TrainingFailedError",
+    "VersionNotFoundError",
+    "InvalidTransitionError",
 ]
 
 
@@ -84,3 +98,36 @@ class ModelWriteError(ModelDirError):
 
 class TrainingFailedError(TrainerError):
     title = "Training failed"
+
+
+class RunExistsError(TrainerError):
+    http_status = 409
+    title = "Training run already exists"
+
+
+class EmptyTrainingSetError(TrainerError):
+    http_status = 422
+    title = "Nothing to train on"
+
+
+class EvaluationError(TrainerError):
+    http_status = 422
+    title = "Evaluation impossible"
+
+
+class RegistryError(TrainerError):
+    title = "Model registry error"
+
+
+class VersionNotFoundError(RegistryError):
+    http_status = 404
+    title = "No such model version"
+
+
+class InvalidTransitionError(RegistryError):
+    http_status = 409
+    title = "State change not allowed"
+
+
+class RegistryCorruptError(RegistryError):
+    title = "Unreadable model registry"

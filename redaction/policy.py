@@ -26,6 +26,7 @@ from redaction.errors import FieldError, PolicyError
 SCHEMA_VERSION = 1
 _NAME = r"^[a-z][a-z0-9_]{0,63}$"
 _ENTITY = r"^[A-Z][A-Z0-9_]{0,63}$"
+_OVERRIDE_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
 
 Action = Literal["replace", "mask", "hash", "drop_record"]
 
@@ -127,7 +128,9 @@ class Override(_Model):
     Several matching overrides apply in file order.
     """
 
-    name: str = Field(pattern=_NAME, description="Unique override name (shown in dry runs).")
+    name: str = Field(
+        pattern=_OVERRIDE_NAME, description="Unique override name (shown in dry runs)."
+    )
     match: OverrideMatch = Field(description="Tenants and/or repositories this applies to.")
     entities: dict[str, EntityRule] = Field(
         default_factory=dict, description="Entity rules added or replaced for these records."

@@ -53,6 +53,7 @@ class Finding(NamedTuple):
     end: int
     entity: str
     score: float
+    recognizer: str = ""
 
 
 @dataclass
@@ -61,6 +62,36 @@ class RedactedFields:
 
     fields: dict[str, str | None]
     counts: dict[str, int]
+    # the version of the policy that produced these fields (a record must carry it)
+    policy_version: str = ""
+
+
+@dataclass(frozen=True)
+class ExplainedFinding:
+    """One finding as a dry run shows it: span in the original text and what happens to it."""
+
+    field: str
+    entity: str
+    start: int
+    end: int
+    score: float
+    recognizer: str
+    action: str
+
+
+@dataclass
+class Explanation:
+    """What a policy does to one record: every finding, the result, and why it is dropped.
+
+    `dropped` is None when the record would be stored, else `opt_out_repo`, `path_rule` or
+    `entity:<NAME>` (an entity whose action is drop_record); `fields` is then empty.
+    """
+
+    policy_version: str
+    overrides: list[str]
+    dropped: str | None
+    fields: dict[str, str | None]
+    findings: list[ExplainedFinding]
 
 
 class Redactor:
@@ -78,6 +109,11 @@ class Redactor:
         self.policy_version = policy.version
         doc = policy.document
         self._key = key
+        self._spacy_model = spacy_model
+        self._cache_size = cache_size
+        # Overrides: the effective policy of a (tenant, repo) is built once, on first use.
+        self._variants: dict[tuple[int, ...], Redactor] = {}
+        self._matches: dict[tuple[str | None, str | None], tuple[int, ...]] = {}
         self._deadline = Deadline()
         self._analyzer, self._nlp_engine = build_analyzer(policy, self._deadline, spacy_model)
         self._anonymizer = build_anonymizer()
@@ -109,18 +145,89 @@ class Redactor:
     ) -> RedactedFields | None:
         """Redacted copies of `fields`; None when the policy says the record is not stored.
 
-        `tenant` is accepted for per-tenant policy overrides; this policy format has none, so
-        every tenant gets the base policy. `timeout_s` bounds the work on this record:
-        past it, RedactionTimeout is raised and nothing is returned.
+        `tenant` and `repo` select the policy's overrides that apply to this record.
+        `timeout_s` bounds the work on this record: past it, RedactionTimeout is raised and
+        nothing is returned.
         """
+        target = self._variant(tenant, repo)
+        if target is not self:
+            return target.redact(fields, file_path=file_path, repo=repo, timeout_s=timeout_s)
         if self.policy.opted_out(repo) or self.policy.drops_path(file_path):
             return None
+        findings = self._findings(fields, file_path, timeout_s)
+        if any(f.entity in self._drop_entities for fs in findings.values() for f in fs):
+            return None
+        return self._apply(fields, findings)
+
+    def explain(
+        self,
+        fields: Mapping[str, str | None],
+        *,
+        file_path: str | None = None,
+        repo: str | None = None,
+        tenant: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Explanation:
+        """A dry run of `redact`: the same result plus every finding with its recognizer."""
+        indices = self._override_indices(tenant, repo)
+        names = [self.policy.document.overrides[i].name for i in indices]
+        target = self._variant(tenant, repo)
+        if self.policy.opted_out(repo):
+            return Explanation(self.policy_version, names, "opt_out_repo", {}, [])
+        if target.policy.drops_path(file_path):
+            return Explanation(self.policy_version, names, "path_rule", {}, [])
+        findings = target._findings(fields, file_path, timeout_s)
+        explained = [
+            ExplainedFinding(
+                field=name,
+                entity=f.entity,
+                start=f.start,
+                end=f.end,
+                score=round(f.score, 4),
+                recognizer=f.recognizer,
+                action=target._rules[f.entity].action,
+            )
+            for name in fields
+            for f in findings.get(name, ())
+        ]
+        dropping = sorted({f.entity for f in explained if f.entity in target._drop_entities})
+        if dropping:
+            return Explanation(self.policy_version, names, f"entity:{dropping[0]}", {}, explained)
+        result = target._apply(fields, findings)
+        return Explanation(self.policy_version, names, None, result.fields, explained)
+
+    def _override_indices(self, tenant: str | None, repo: str | None) -> tuple[int, ...]:
+        if not self.policy.document.overrides:
+            return ()
+        key = (tenant, repo)
+        indices = self._matches.get(key)
+        if indices is None:
+            if len(self._matches) >= 4096:
+                self._matches.clear()
+            indices = self._matches[key] = self.policy.matching_overrides(tenant, repo)
+        return indices
+
+    def _variant(self, tenant: str | None, repo: str | None) -> Redactor:
+        """The Redactor of the effective policy for this tenant and repository."""
+        indices = self._override_indices(tenant, repo)
+        if not indices:
+            return self
+        variant = self._variants.get(indices)
+        if variant is None:
+            variant = self._variants[indices] = Redactor(
+                self.policy.with_overrides(indices),
+                key=self._key,
+                spacy_model=self._spacy_model,
+                cache_size=self._cache_size,
+            )
+        return variant
+
+    def _findings(
+        self, fields: Mapping[str, str | None], file_path: str | None, timeout_s: float | None
+    ) -> dict[str, tuple[Finding, ...]]:
         self._deadline.start(timeout_s)
         try:
-            findings = self._propagate(fields, self._analyze(fields, kind_for_path(file_path)))
-            if any(f.entity in self._drop_entities for fs in findings.values() for f in fs):
-                return None
-            return self._apply(fields, findings)
+            return self._propagate(fields, self._analyze(fields, kind_for_path(file_path)))
         finally:
             self._deadline.clear()
 
@@ -189,7 +296,9 @@ class Redactor:
         results = self._analyzer.analyze(
             text=text, language=LANGUAGE, entities=entities, nlp_artifacts=self._empty
         )
-        return self._accept(text, ((r.start, r.end, r.entity_type, r.score) for r in results))
+        return self._accept(
+            text, ((r.start, r.end, r.entity_type, r.score, _recognizer(r)) for r in results)
+        )
 
     def _ner_pass(self, pieces: list[str]) -> Iterable[tuple[str, tuple[Finding, ...]]]:
         assert self._nlp_engine is not None
@@ -205,7 +314,10 @@ class Redactor:
             spans = (_trim_possessive(piece, r.start, r.end) for r in results)
             found = self._accept(
                 piece,
-                ((s, e, r.entity_type, r.score) for (s, e), r in zip(spans, results, strict=True)),
+                (
+                    (s, e, r.entity_type, r.score, _recognizer(r))
+                    for (s, e), r in zip(spans, results, strict=True)
+                ),
             )
             yield (
                 piece,
@@ -225,10 +337,10 @@ class Redactor:
         assert self._nlp_engine is not None
         return word.lower() in self._nlp_engine.opener_words
 
-    def _accept(self, text: str, raw: Iterable[tuple[int, int, str, float]]) -> list[Finding]:
+    def _accept(self, text: str, raw: Iterable[tuple[int, int, str, float, str]]) -> list[Finding]:
         """Keeps findings of acted-on entities, above threshold, not allow-listed."""
         out: list[Finding] = []
-        for start, end, entity, score in raw:
+        for start, end, entity, score, recognizer in raw:
             rule = self._rules.get(entity)
             if rule is None or score < rule.threshold or end <= start:
                 continue
@@ -237,7 +349,7 @@ class Redactor:
                 r.fullmatch(value) for r in self._allow_regexes
             ):
                 continue
-            out.append(Finding(start, end, entity, score))
+            out.append(Finding(start, end, entity, score, recognizer))
         return out
 
     def _resolve(self, found: list[Finding], text: str) -> tuple[Finding, ...]:
@@ -254,6 +366,7 @@ class Redactor:
                 f.start - f.end,
                 f.start,
                 f.entity,
+                f.recognizer,
             ),
         )
         taken: list[tuple[int, int]] = []
@@ -291,7 +404,9 @@ class Redactor:
                 while at >= 0:
                     end = at + len(value)
                     if _bounded(text, at, end):
-                        extra.append(Finding(at, end, f.entity, f.score))
+                        extra.append(
+                            Finding(at, end, f.entity, f.score, f"propagated:{f.recognizer}")
+                        )
                     at = text.find(value, end)
             if extra:
                 out[name] = self._resolve([*findings.get(name, ()), *extra], text)
@@ -327,7 +442,7 @@ class Redactor:
                 merge_entities_with_spaces=False,
             )
             out[name] = result.text
-        return RedactedFields(fields=out, counts=dict(counts))
+        return RedactedFields(fields=out, counts=dict(counts), policy_version=self.policy_version)
 
     def _operators(self, placeholders: PlaceholderMap) -> dict[str, OperatorConfig]:
         operators: dict[str, OperatorConfig] = {}
@@ -354,6 +469,11 @@ class Redactor:
 
     def _hash(self, value: str) -> str:
         return keyed_hash(self._key, value)
+
+
+def _recognizer(result: object) -> str:
+    metadata = getattr(result, "recognition_metadata", None) or {}
+    return str(metadata.get("recognizer_name", ""))
 
 
 def _shift(findings: Iterable[Finding], offset: int) -> list[Finding]:

@@ -26,8 +26,21 @@ from trainer.datasets import (
     read_card,
     verify_snapshot,
 )
+from trainer.evaluate import GateConfig, GateResult, ModelScores, evaluate_candidate
+from trainer.registry import ModelRegistry, ModelVersion
+from trainer.train import TrainConfig, TrainResult, base_model_hash, train
 
 __all__ = [
+    "GateConfig",
+    "GateResult",
+    "ModelRegistry",
+    "ModelScores",
+    "ModelVersion",
+    "TrainConfig",
+    "TrainResult",
+    "base_model_hash",
+    "evaluate_candidate",
+    "train",
     "BootstrapConfig",
     "BuildConfig",
     "BuildFailed",

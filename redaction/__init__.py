@@ -6,10 +6,13 @@ pool = RedactionPool(policy, key=key, workers=2, timeout_s=10)
 outcomes = await pool.redact_many([RedactionItem(fields={"prefix": text}, file_path="a.py")])
 """
 
+from redaction.audit import AuditEntry, AuditLog, AuditVerification
 from redaction.errors import (
+    AuditError,
     EngineError,
     KeyFileError,
     PolicyError,
+    PolicyNotFound,
     RedactionError,
     RedactionTimeout,
 )
@@ -19,9 +22,14 @@ from redaction.pool import RedactionFailure, RedactionItem, RedactionPool
 from redaction.redactor import RedactedFields, Redactor
 
 __all__ = [
+    "AuditEntry",
+    "AuditError",
+    "AuditLog",
+    "AuditVerification",
     "EngineError",
     "KeyFileError",
     "PolicyError",
+    "PolicyNotFound",
     "RedactedFields",
     "RedactionError",
     "RedactionFailure",

@@ -4,6 +4,8 @@
     ├── PolicyError (422)           a policy file is refused; .errors names field and line
     ├── KeyFileError (500)          the per-deployment key cannot be read or created
     ├── EngineError (500)           Presidio / spaCy could not be set up (model missing, ...)
+    ├── AuditError (500)            the audit log cannot be appended to (broken last entry)
+    ├── PolicyNotFound (404)        no stored policy has that version
     └── RedactionTimeout (504)      one record exceeded its time limit (fail closed)
 
 Messages name fields, entities and reasons, never the text being redacted.
@@ -50,6 +52,16 @@ class KeyFileError(RedactionError):
 
 class EngineError(RedactionError):
     """The analysis engine (Presidio, spaCy) could not be built."""
+
+
+class AuditError(RedactionError):
+    """The audit log cannot be appended to (its last entry is unreadable)."""
+
+
+class PolicyNotFound(RedactionError):
+    """The policy store holds no policy of that version."""
+
+    http_status = 404
 
 
 class RedactionTimeout(RedactionError):

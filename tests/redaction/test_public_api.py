@@ -6,9 +6,14 @@ import redaction
 from redaction import errors
 
 PUBLIC = {
+    "AuditEntry",
+    "AuditError",
+    "AuditLog",
+    "AuditVerification",
     "EngineError",
     "KeyFileError",
     "PolicyError",
+    "PolicyNotFound",
     "RedactedFields",
     "RedactionError",
     "RedactionFailure",
@@ -38,6 +43,8 @@ def test_when_errors_inspected_then_tree_and_statuses_match_the_docstring():
             errors.PolicyError,
             errors.KeyFileError,
             errors.EngineError,
+            errors.AuditError,
+            errors.PolicyNotFound,
             errors.RedactionTimeout,
         )
     } == {
@@ -45,9 +52,17 @@ def test_when_errors_inspected_then_tree_and_statuses_match_the_docstring():
         "PolicyError": 422,
         "KeyFileError": 500,
         "EngineError": 500,
+        "AuditError": 500,
+        "PolicyNotFound": 404,
         "RedactionTimeout": 504,
     }
-    for cls in (errors.PolicyError, errors.KeyFileError, errors.EngineError):
+    for cls in (
+        errors.PolicyError,
+        errors.KeyFileError,
+        errors.EngineError,
+        errors.AuditError,
+        errors.PolicyNotFound,
+    ):
         assert issubclass(cls, errors.RedactionError)
         assert cls.__name__ in errors.__doc__
     # a TimeoutError would be swallowed by Presidio's PatternRecognizer (fail open)

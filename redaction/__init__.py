@@ -4,6 +4,11 @@ policy = load_policy(Path("policies/redaction.yaml"))
 key = load_or_create_key(Path("/var/lib/gristmill/key"))
 pool = RedactionPool(policy, key=key, workers=2, timeout_s=10)
 outcomes = await pool.redact_many([RedactionItem(fields={"prefix": text}, file_path="a.py")])
+
+store = PolicyStore(data_dir / "policies", AuditLog(data_dir / "audit" / "audit.jsonl"))
+store.seed(Path("policies/redaction.yaml"))
+store.apply(new_yaml, actor="cli:alice", reason="hash e-mails")  # validate, store, activate, audit
+pool.reload(store.active_policy())  # in-flight batches finish under the old version
 """
 
 from redaction.audit import AuditEntry, AuditLog, AuditVerification
@@ -18,18 +23,32 @@ from redaction.errors import (
 )
 from redaction.keys import keyed_hash, load_or_create_key
 from redaction.policy import RedactionPolicy, load_policy, parse_policy, policy_json_schema
+from redaction.policy_store import (
+    Activation,
+    ApplyResult,
+    PolicyDiff,
+    PolicyStore,
+    StoredPolicy,
+    diff_policies,
+)
 from redaction.pool import RedactionFailure, RedactionItem, RedactionPool
-from redaction.redactor import RedactedFields, Redactor
+from redaction.redactor import ExplainedFinding, Explanation, RedactedFields, Redactor
 
 __all__ = [
+    "Activation",
+    "ApplyResult",
     "AuditEntry",
     "AuditError",
     "AuditLog",
     "AuditVerification",
     "EngineError",
+    "ExplainedFinding",
+    "Explanation",
     "KeyFileError",
+    "PolicyDiff",
     "PolicyError",
     "PolicyNotFound",
+    "PolicyStore",
     "RedactedFields",
     "RedactionError",
     "RedactionFailure",
@@ -38,6 +57,8 @@ __all__ = [
     "RedactionPool",
     "RedactionTimeout",
     "Redactor",
+    "StoredPolicy",
+    "diff_policies",
     "keyed_hash",
     "load_or_create_key",
     "load_policy",

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli_datasets import datasets_app
+from gateway.cli_train import models_app, train_cmd
 from gateway.settings import Settings
 
 app = typer.Typer(
@@ -22,6 +23,8 @@ app = typer.Typer(
 tokens_app = typer.Typer(help="Bearer tokens (only their SHA-256 is stored).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+app.command("train")(train_cmd)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML settings file (GRISTMILL_CONFIG).")

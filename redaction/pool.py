@@ -46,9 +46,11 @@ class RedactionItem:
 
 @dataclass(frozen=True)
 class RedactionFailure:
-    """Why a record was not redacted. Content-free: `timeout`, `worker_lost`, `error:<Type>`."""
+    """Why a record was not redacted. Content-free: `timeout`, `worker_lost`, `error:<Type>`.
+    `policy_version` is the version the record was handed to."""
 
     reason: str
+    policy_version: str = field(default="", compare=False)
 
 
 Outcome = RedactedFields | RedactionFailure | None
@@ -66,10 +68,10 @@ def redact_item(redactor: Redactor, item: RedactionItem, timeout_s: float | None
             timeout_s=timeout_s,
         )
     except RedactionTimeout:
-        return RedactionFailure("timeout")
+        return RedactionFailure("timeout", redactor.policy_version)
     except Exception as exc:  # fail closed on anything
         log.error("redaction failed: %s", type(exc).__name__)
-        return RedactionFailure(f"error:{type(exc).__name__}")
+        return RedactionFailure(f"error:{type(exc).__name__}", redactor.policy_version)
 
 
 # Worker processes only: the Redactor their initializer built.
@@ -99,10 +101,14 @@ def _worker_version() -> str:
     return _worker_redactor.policy_version if _worker_redactor else ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _State:
+    """What new chunks go to. Replaced as a whole (reload, broken pool), never mutated, so
+    a chunk always pairs an executor with the policy it was started with."""
+
     executor: Executor
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    redactor: Redactor | None  # thread mode only
+    policy: RedactionPolicy
 
 
 class RedactionPool:
@@ -122,8 +128,6 @@ class RedactionPool:
             raise ValueError("workers must be >= 0")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
-        self.policy_version = policy.version
-        self._policy = policy
         self._key = key
         self._workers = workers
         self._timeout_s = timeout_s
@@ -135,43 +139,78 @@ class RedactionPool:
         self._backstop_s = 2 * timeout_s + 1.0
         self._poll_s = min(1.0, max(0.01, timeout_s / 4))
         self._closed = False
-        self._redactor: Redactor | None = None
+        self._lock = threading.Lock()  # serialises reloads and pool replacements
+        self._retired: list[Executor] = []
+        self._state = self._start(policy)
         if workers == 0:
-            self._redactor = Redactor(
-                policy, key=key, spacy_model=spacy_model, cache_size=cache_size
-            )
-            self._state = _State(
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-redaction")
-            )
-        else:
-            if ner_entities(policy) and not spacy_model_installed(spacy_model):
-                raise EngineError(f"spaCy model '{spacy_model}' is not installed")
-            self._state = _State(self._new_process_pool())
-            self._wait_ready()
+            # one thread for every policy version: the next version's chunks queue behind
+            # the chunks already handed to the old one
+            self._thread = self._state.executor
 
-    def _new_process_pool(self) -> ProcessPoolExecutor:
+    @property
+    def policy(self) -> RedactionPolicy:
+        return self._state.policy
+
+    @property
+    def policy_version(self) -> str:
+        """The version new records are redacted under (each outcome carries its own)."""
+        return self._state.policy.version
+
+    def _start(self, policy: RedactionPolicy) -> _State:
+        """A ready executor for `policy`; raises (EngineError, PolicyError) if it cannot be."""
+        if self._workers == 0:
+            redactor = Redactor(
+                policy, key=self._key, spacy_model=self._spacy_model, cache_size=self._cache_size
+            )
+            executor = getattr(self, "_thread", None) or ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="gristmill-redaction"
+            )
+            return _State(executor, redactor, policy)
+        if ner_entities(policy) and not spacy_model_installed(self._spacy_model):
+            raise EngineError(f"spaCy model '{self._spacy_model}' is not installed")
+        pool = self._new_process_pool(policy)
+        self._wait_ready(pool, policy)
+        return _State(pool, None, policy)
+
+    def reload(self, policy: RedactionPolicy) -> None:
+        """Switches to another policy without dropping records. Blocking (run it off the
+        event loop): the new Redactor or process pool is built and ready before the switch;
+        chunks already handed out finish under the old version, and their outcomes say so.
+        On failure the old policy stays in force and the error is raised."""
+        if self._closed:
+            raise RedactionError("the redaction pool is closed")
+        with self._lock:
+            if policy.version == self.policy_version:
+                return
+            fresh = self._start(policy)
+            old, self._state = self._state, fresh
+        if old.executor is not fresh.executor:
+            # running and queued chunks complete; the processes exit afterwards
+            old.executor.shutdown(wait=False)
+            self._retired.append(old.executor)
+        log.info("redaction policy reloaded: %s -> %s", old.policy.version, policy.version)
+
+    def _new_process_pool(self, policy: RedactionPolicy) -> ProcessPoolExecutor:
         # spawn: the gateway process has threads (and maybe torch); forking it is unsafe.
         return ProcessPoolExecutor(
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self._policy, self._key, self._spacy_model, self._cache_size),
+            initargs=(policy, self._key, self._spacy_model, self._cache_size),
         )
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, pool: ProcessPoolExecutor, policy: RedactionPolicy) -> None:
         """Blocks until a worker has built its Redactor; a pool that cannot is refused."""
         try:
             versions = [
                 f.result(timeout=READY_TIMEOUT_S)
-                for f in [
-                    self._state.executor.submit(_worker_version) for _ in range(self._workers)
-                ]
+                for f in [pool.submit(_worker_version) for _ in range(self._workers)]
             ]
         except Exception as exc:
-            self.close()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise EngineError(f"redaction workers failed to start: {type(exc).__name__}") from exc
-        if any(v != self.policy_version for v in versions):
-            self.close()
+        if any(v != policy.version for v in versions):
+            pool.shutdown(wait=False, cancel_futures=True)
             raise EngineError("redaction workers started with another policy version")
 
     async def redact_many(self, items: list[RedactionItem]) -> list[Outcome]:
@@ -179,27 +218,30 @@ class RedactionPool:
         RedactionFailure. Never raises for an item's sake."""
         if self._closed:
             raise RedactionError("the redaction pool is closed")
-        executor = self._state.executor
+        state = self._state
         size = max(1, min(CHUNK_MAX, -(-len(items) // max(1, self._workers))))
         waits = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
+            version = state.policy.version
             try:
-                if self._redactor is not None:
-                    future = executor.submit(redact_chunk, self._redactor, chunk, self._timeout_s)
+                if state.redactor is not None:
+                    future = state.executor.submit(
+                        redact_chunk, state.redactor, chunk, self._timeout_s
+                    )
                 else:
-                    future = executor.submit(_worker_redact_chunk, chunk, self._timeout_s)
+                    future = state.executor.submit(_worker_redact_chunk, chunk, self._timeout_s)
             except (BrokenProcessPool, RuntimeError) as exc:
                 log.error("redaction pool unavailable: %s", type(exc).__name__)
-                self._replace(executor)
-                executor = self._state.executor
-                waits.append(_failed(RedactionFailure("worker_lost"), len(chunk)))
+                self._replace(state.executor)
+                state = self._state
+                waits.append(_failed(RedactionFailure("worker_lost", version), len(chunk)))
                 continue
-            waits.append(self._await(future, executor, len(chunk)))
+            waits.append(self._await(future, state.executor, len(chunk), version))
         return [outcome for chunk_out in await asyncio.gather(*waits) for outcome in chunk_out]
 
     async def _await(
-        self, future: Future[list[Outcome]], executor: Executor, n: int
+        self, future: Future[list[Outcome]], executor: Executor, n: int, version: str
     ) -> list[Outcome]:
         waiter = asyncio.wrap_future(future)
         started: float | None = None
@@ -209,7 +251,7 @@ class RedactionPool:
             while True:
                 done, _ = await asyncio.wait({waiter}, timeout=self._poll_s)
                 if done:
-                    return self._outcome(waiter, executor, n)
+                    return self._outcome(waiter, executor, n, version)
                 now = time.monotonic()
                 if started is None and future.running():
                     started = now
@@ -221,35 +263,35 @@ class RedactionPool:
                         n,
                     )
                     self._replace(executor)
-                    return [RedactionFailure("timeout")] * n
+                    return [RedactionFailure("timeout", version)] * n
         except asyncio.CancelledError:
             waiter.cancel()
             raise
 
     def _outcome(
-        self, waiter: asyncio.Future[list[Outcome]], executor: Executor, n: int
+        self, waiter: asyncio.Future[list[Outcome]], executor: Executor, n: int, version: str
     ) -> list[Outcome]:
         if waiter.cancelled():
-            return [RedactionFailure("cancelled")] * n
+            return [RedactionFailure("cancelled", version)] * n
         exc = waiter.exception()
         if exc is None:
             return waiter.result()
         if isinstance(exc, BrokenProcessPool):
             log.error("redaction worker process died")
             self._replace(executor)
-            return [RedactionFailure("worker_lost")] * n
+            return [RedactionFailure("worker_lost", version)] * n
         log.error("redaction failed: %s", type(exc).__name__)
-        return [RedactionFailure(f"error:{type(exc).__name__}")] * n
+        return [RedactionFailure(f"error:{type(exc).__name__}", version)] * n
 
     def _replace(self, broken: Executor) -> None:
         """Swaps a broken or stuck process pool for a fresh one (threads are left alone:
         a thread cannot be killed, and its record's own deadline will stop it)."""
-        if self._redactor is not None or self._closed:
+        if self._workers == 0 or self._closed:
             return
-        with self._state.lock:
-            if self._state.executor is not broken:
-                return
-            self._state.executor = self._new_process_pool()
+        with self._lock:
+            if self._state.executor is broken:
+                policy = self._state.policy
+                self._state = _State(self._new_process_pool(policy), None, policy)
         broken.shutdown(wait=False, cancel_futures=True)
         # ProcessPoolExecutor has no public way to stop a stuck worker before Python 3.14.
         for process in list(getattr(broken, "_processes", {}).values()):
@@ -261,6 +303,9 @@ class RedactionPool:
             return
         self._closed = True
         self._state.executor.shutdown(wait=True, cancel_futures=True)
+        for executor in self._retired:
+            executor.shutdown(wait=True)
+        self._retired.clear()
 
 
 async def _failed(failure: RedactionFailure, n: int) -> list[Outcome]:

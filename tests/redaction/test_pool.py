@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import pytest
@@ -107,7 +108,7 @@ def test_when_worker_hangs_in_native_code_then_watchdog_fails_the_record():
             release.wait(30)
             return None
 
-    pool._redactor = Hung()  # type: ignore[assignment]
+    pool._state = dataclasses.replace(pool._state, redactor=Hung())  # type: ignore[arg-type]
     try:
         outcomes = asyncio.run(pool.redact_many([RedactionItem(fields={"prefix": "x"})]))
         assert outcomes == [RedactionFailure("timeout")]

@@ -25,6 +25,17 @@ import pytest
                 "build_backend",
             },
         ),
+        (
+            "trainer.train",
+            {"METHODS", "TrainConfig", "TrainResult", "base_model_hash", "directory_hash",
+             "load_snapshot_rows", "resolve_method", "train"},
+        ),  # fmt: skip
+        (
+            "trainer.evaluate",
+            {"GateConfig", "GateResult", "ModelScores", "evaluate_candidate",
+             "general_code_texts", "preference_scores"},
+        ),  # fmt: skip
+        ("trainer.registry", {"STATES", "ModelRegistry", "ModelVersion"}),
     ],
 )
 def test_when_package_imported_then_all_is_exactly_the_public_api(package, expected):

@@ -187,6 +187,17 @@ def test_when_package_imported_then_api_is_pinned_and_torch_stays_unloaded() -> 
             "load_rules",
             "read_card",
             "verify_snapshot",
+            # training, gate, registry (issue 5)
+            "GateConfig",
+            "GateResult",
+            "ModelRegistry",
+            "ModelScores",
+            "ModelVersion",
+            "TrainConfig",
+            "TrainResult",
+            "base_model_hash",
+            "evaluate_candidate",
+            "train",
         ]
     )
     heavy = "{'torch', 'transformers', 'tokenizers'}"

@@ -27,14 +27,28 @@ import pytest
         ),
         (
             "trainer.train",
-            {"METHODS", "TrainConfig", "TrainResult", "base_model_hash", "directory_hash",
-             "load_snapshot_rows", "resolve_method", "train"},
-        ),  # fmt: skip
+            {
+                "METHODS",
+                "TrainConfig",
+                "TrainResult",
+                "base_model_hash",
+                "directory_hash",
+                "load_snapshot_rows",
+                "resolve_method",
+                "train",
+            },
+        ),
         (
             "trainer.evaluate",
-            {"GateConfig", "GateResult", "ModelScores", "evaluate_candidate",
-             "general_code_texts", "preference_scores"},
-        ),  # fmt: skip
+            {
+                "GateConfig",
+                "GateResult",
+                "ModelScores",
+                "evaluate_candidate",
+                "general_code_texts",
+                "preference_scores",
+            },
+        ),
         ("trainer.registry", {"STATES", "ModelRegistry", "ModelVersion"}),
     ],
 )

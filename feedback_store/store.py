@@ -93,6 +93,7 @@ class FeedbackStore(RecordSink):
             # The sink takes the directory lock first: a second process must not even read.
             sink = LocalLogSink(self._log_dir, segment_bytes=self._segment_bytes)
             try:
+                self._lander.warm_up()
                 # Before the dedup index: it reads the files a finished compaction left visible.
                 deleted = self._compactor.recover()
                 with self._counts_lock:

@@ -13,7 +13,7 @@ import os
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +73,14 @@ class ParquetLander:
     @property
     def root(self) -> Path:
         return self._root
+
+    @staticmethod
+    def warm_up() -> None:
+        """Pays pyarrow's one-time lazy imports (it loads pandas to convert tz-aware
+        datetimes, about half a second) at start-up instead of inside the first landing,
+        where that time would stall the serving thread's share of the GIL."""
+        stamp = pa.schema([("ts", pa.timestamp("us", tz="UTC"))])
+        pa.Table.from_pylist([{"ts": datetime(2000, 1, 1, tzinfo=UTC)}], schema=stamp)
 
     def seen_count(self) -> int:
         with self._lock:

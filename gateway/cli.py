@@ -191,7 +191,7 @@ def serve(
         _ensure_model(settings)
     _banner(settings, first_tokens)
     uvicorn.run(
-        create_asgi(settings),
+        create_asgi(settings, freeze_gc=True),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

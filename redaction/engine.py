@@ -14,7 +14,12 @@ from typing import Any
 
 import regex
 import spacy
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
 from presidio_analyzer.nlp_engine import (
     NerModelConfiguration,
     NlpArtifacts,
@@ -31,6 +36,7 @@ from spacy.vocab import Vocab
 
 from redaction.entities import CATALOGUE, NER_LABELS, Kind
 from redaction.errors import EngineError
+from redaction.lexer import COMMON_WORDS
 from redaction.policy import CustomRecognizer, RedactionPolicy
 from redaction.recognizers import RECOGNIZERS, Deadline, RegexRecognizer, SecretPattern
 
@@ -126,6 +132,96 @@ def shared_ner_engine(model_name: str) -> NerSpacyNlpEngine:
         return engine
 
 
+_NAME_WORD = r"(?:[A-Z][a-z]+(?:['\u2019-][A-Z][a-z]+)?)"
+_FULL_NAME = rf"(?P<name>{_NAME_WORD}(?:[ \t]{_NAME_WORD}){{1,2}})"
+# Where code comments and strings name people: author lines, git identities, reviews, asks.
+_NAME_CUES = regex.compile(
+    rf"{_FULL_NAME}[ \t]*<[^<>\s@]{{1,64}}@[^<>\s]{{1,255}}>"
+    rf"|(?i:\b(?:authors?|maintainers?|owners?|reviewers?|assignee|contact|ask|ping|cc"
+    rf"|thanks(?:[ \t]to)?|on-?call)\b[^:\n]{{0,30}}?:?[ \t]+){_FULL_NAME}"
+    rf"|(?i:\b(?:reviewed|approved|written|maintained|created|reported|requested|suggested"
+    rf"|authored|owned|fixed|added|contributed|implemented|signed[- ]off|co-authored)"
+    rf"[- ]by:?[ \t]+){_FULL_NAME}"
+    rf"|{_FULL_NAME}['\u2019]s\b"
+)
+_NEIGHBOUR_NAME = regex.compile(_NAME_WORD)
+_ARTICLE = regex.compile(r"(?i:\b(?:the|a|an|our|this|that|your)[ \t]+)$")
+_SINGLE_NAME_CUE = regex.compile(
+    r"(?i:\b(?:authors?|maintainers?|owners?|reviewers?|assignee|contact|ask|ping|cc|thanks"
+    r"|hi|hey|dear|by|from|per|with|@)[:,]?[ \t]+)$"
+)
+
+
+class CodeAwareNerRecognizer(SpacyRecognizer):
+    """Presidio's spaCy recognizer, adjusted for comments and strings in code.
+
+    Small models often tag one word of a full name ("Ana [Nguyen]"), tag a comment tag
+    ("TODO") as a person, and miss names in the cue phrases comments use ("Author: Jane
+    Doe", "Jane Doe <jane@corp.com>", "reviewed by Jane Doe"). Hits are widened to
+    adjacent capitalised words, upper-case hits are dropped, and cue phrases add hits.
+    It only ever sees comment, string and prose pieces (see lexer.ner_pieces).
+    """
+
+    CUE_SCORE = 0.85
+    LONE_SCORE = 0.5
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        results = []
+        for result in super().analyze(text, entities, nlp_artifacts):
+            if result.entity_type == "PERSON":
+                value = text[result.start : result.end]
+                if value.isupper() or _ARTICLE.search(text, 0, result.start):
+                    continue  # "TODO", "the Kafka client"
+                result = self._widen(text, result)
+                if " " not in text[result.start : result.end].strip():
+                    # One capitalised word in a comment is mostly a product (Kafka, Twilio);
+                    # a lone name counts after a cue ("ask Priya").
+                    cued = _SINGLE_NAME_CUE.search(text, 0, result.start)
+                    result.score = result.score if cued else min(result.score, self.LONE_SCORE)
+            results.append(result)
+        if "PERSON" in entities:
+            for match in _NAME_CUES.finditer(text):
+                start, end = match.span("name")
+                if not _common_words(text[start:end]):
+                    results.append(self._result(start, end))
+        return results
+
+    def _widen(self, text: str, result: RecognizerResult) -> RecognizerResult:
+        if result.entity_type != "PERSON":
+            return result
+        start, end = result.start, result.end
+        while True:
+            before = _NEIGHBOUR_NAME.search(text, max(0, start - 40), start)
+            gap = text[before.end() : start] if before else ""
+            if not before or gap not in (" ", "\t") or _common_words(before.group()):
+                break
+            start = before.start()
+        after = _NEIGHBOUR_NAME.match(text, end + 1) if text[end : end + 1] == " " else None
+        if after and not _common_words(after.group()):
+            end = after.end()
+        result.start, result.end = start, end
+        return result
+
+    def _result(self, start: int, end: int) -> RecognizerResult:
+        return RecognizerResult(
+            entity_type="PERSON",
+            start=start,
+            end=end,
+            score=self.CUE_SCORE,
+            recognition_metadata={
+                RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+            },
+        )
+
+
+def _common_words(value: str) -> bool:
+    """Some word of `value` opens comments as a rule (The, This, Returns, ...)."""
+    return any(word.lower() in COMMON_WORDS for word in value.split())
+
+
 def empty_artifacts() -> NlpArtifacts:
     """NLP artifacts for the pattern pass, which needs no parse of the text."""
     return NlpArtifacts(
@@ -183,7 +279,9 @@ def build_analyzer(
         if ner:
             nlp_engine = ner_engine = shared_ner_engine(spacy_model)
             recognizers.append(
-                SpacyRecognizer(supported_language=LANGUAGE, supported_entities=ner, name="ner")
+                CodeAwareNerRecognizer(
+                    supported_language=LANGUAGE, supported_entities=ner, name="ner"
+                )
             )
         else:
             nlp_engine = NoOpNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": "none"}])

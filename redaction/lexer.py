@@ -149,7 +149,7 @@ _NAME_LIKE = regex.compile(
 # name-like words are these holds no name the NER model would find; skipping it keeps NER
 # cost near the amount of real prose. Words that are also given names (Will, Mark, May,
 # Grant, Bill, Rose) are deliberately absent.
-_COMMON_WORDS = frozenset(
+COMMON_WORDS = frozenset(
     """a an the this that these those it its we our you your they their he she his her i
     if when while for in on at to of by with without from into as so but or and not no yes
     all any each every some only also otherwise else then now here there first next last
@@ -208,6 +208,4 @@ def _line_pieces(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
 
 
 def _worth_ner(text: str, start: int, end: int) -> bool:
-    return any(
-        m.group().lower() not in _COMMON_WORDS for m in _NAME_LIKE.finditer(text, start, end)
-    )
+    return any(m.group().lower() not in COMMON_WORDS for m in _NAME_LIKE.finditer(text, start, end))

@@ -72,6 +72,7 @@ class SecretPattern:
     keywords: tuple[str, ...] = ()
     flags: int = 0
     validate: Validator | None = None
+    overlapped: bool = False
 
 
 class RegexRecognizer(LocalRecognizer):
@@ -107,7 +108,11 @@ class RegexRecognizer(LocalRecognizer):
                 if not any(k in lowered for k in pattern.keywords):
                     continue
             try:
-                matches = list(compiled.finditer(text, timeout=self._deadline.remaining()))
+                matches = list(
+                    compiled.finditer(
+                        text, overlapped=pattern.overlapped, timeout=self._deadline.remaining()
+                    )
+                )
             except TimeoutError as exc:
                 raise RedactionTimeout("a recognizer pattern ran past the time limit") from exc
             for match in matches:
@@ -283,7 +288,22 @@ class GuardedPhoneRecognizer(PhoneRecognizer):
         if not self._CANDIDATE.search(text):
             return []
         self._deadline.check()
-        return super().analyze(text, entities, nlp_artifacts)
+        results = super().analyze(text, entities, nlp_artifacts)
+        return [r for r in results if self._formatted_or_named(text, r.start, r.end)]
+
+    _CONTEXT = regex.compile(
+        r"phone|\btel\b|telephone|mobile|\bcell|\bcall|\bsms\b|\bfax\b|whatsapp|contact"
+        r"|on-?call|\bdial",
+        regex.IGNORECASE,
+    )
+
+    @classmethod
+    def _formatted_or_named(cls, text: str, start: int, end: int) -> bool:
+        """Written like a phone number (+, spaces, dashes, parentheses), or a bare digit
+        run that a nearby word calls a phone number: `2147483647` alone is an integer."""
+        if not text[start:end].isdigit():
+            return True
+        return bool(cls._CONTEXT.search(text, max(0, start - 60), start))
 
 
 class GuardedIpRecognizer(IpRecognizer):
@@ -572,9 +592,9 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
         (
             SecretPattern(
                 "aws_secret_assigned",
-                r"(?:secret_?access_?key|aws_?secret(?:_?access)?(?:_?key)?)[\w.\-]{0,20}"
-                r"[\"'`\]]{0,2}\s{0,4}"
-                r"(?::=|=>|=|:)\s{0,4}[\"'`]?(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
+                r"(?:secret[_.\-]?access[_.\-]?key|aws[_.\-]?secret(?:[_.\-]?access)?"
+                r"(?:[_.\-]?key)?)[\w.\-]{0,20}[\"'`\]]{0,2}\s{0,4}"
+                r"(?::=|=>|=|:|,)\s{0,4}[\"'`]?(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
                 0.95,
                 keywords=("secret",),
                 flags=_CI,
@@ -779,17 +799,34 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
             SecretPattern(
                 "assignment",
                 _KW
-                + r"[\w.\-]{0,40}[\"'`\]]{0,2}\s{0,4}(?:===?|!==?|:=|=>|=|:)\s{0,4}"
+                + r"[\w.\-]{0,40}[\"'`\]]{0,2}"
+                # a type annotation (TypeScript, Kotlin, Python) between name and value
+                + r"(?:[ \t]{0,4}:[ \t]{0,4}[A-Za-z_][\w.\[\]]{0,30}(?=[ \t]{0,4}=))?"
+                # aligned columns (Terraform, Go structs) allow a run of spaces
+                + r"[ \t]{0,24}(?:===?|!==?|:=|=>|=|:|\|\||\?\?)[ \t]{0,24}"
                 + _OPTIONAL_SCHEME
                 + _VALUE,
                 0.7,
                 keywords=("pass", "pwd", "secret", "token", "key", "credential", "auth"),
                 flags=_CI,
                 validate=assigned_secret,
+                # `X = process.env.X || 'value'`: the first, rejected match must not hide
+                # the second
+                overlapped=True,
+            ),
+            SecretPattern(
+                # Kubernetes / CI env lists: `- name: DB_PASSWORD` then `value: ...`
+                "name_value_pair",
+                r"name:[ \t]{0,4}[\"']?\w{0,40}?" + _KW + r"\w{0,40}[\"']?[ \t]*\r?\n"
+                r"[ \t]{0,40}value:[ \t]{0,4}" + _VALUE,
+                0.7,
+                keywords=("value:",),
+                flags=_CI,
+                validate=assigned_secret,
             ),
             SecretPattern(
                 "call_or_pair",
-                _KW + r"\w{0,40}[\"'`]\s{0,4}[(,]\s{0,4}" + _QUOTED_VALUE,
+                _KW + r"[\w.\-]{0,40}[\"'`]\s{0,4}[(,]\s{0,4}" + _QUOTED_VALUE,
                 0.7,
                 keywords=("pass", "pwd", "secret", "token", "key", "credential", "auth"),
                 flags=_CI,
@@ -797,7 +834,8 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
             ),
             SecretPattern(
                 "sql_password",
-                r"\b(?P<kw>identified\s+by|password)\s+'(?P<value>[^'\n]{4,256})'",
+                r"\b(?P<kw>identified\s+by|password)\s+'(?P<value>[^'\n]{4,256})'"
+                r"|\bset\s+(?P<kw>password)\b[^=\n]{0,80}=\s{0,4}'(?P<value>[^'\n]{4,256})'",
                 0.7,
                 keywords=("identified", "password"),
                 flags=_CI,
@@ -957,10 +995,10 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
                 "datadog_key",
                 r"(?<![0-9A-Za-z])(?P<value>[0-9a-f]{40}|[0-9a-f]{32})(?![0-9A-Za-z])",
                 0.9,
-                keywords=("datadog", "dd_", "dd-", "ddapi", "ddapp"),
+                keywords=("datadog", "dd_", "dd-", "dd.", "ddapi", "ddapp"),
                 validate=after_context(
                     regex.compile(
-                        r"datadog|(?<![A-Za-z])dd[_-]?(?:api|app|application|client)",
+                        r"datadog|(?<![A-Za-z])dd[_.\-]?(?:api|app|application|client)",
                         regex.IGNORECASE,
                     ),
                     120,

@@ -109,6 +109,8 @@ LINEAGE_SCHEMA = pa.schema(
 PROMPT_SHIFT_PATTERN = r"[ \t\r\n\f\v]*[A-Za-z0-9_]*$"
 _SHIFT_RE = re.compile(PROMPT_SHIFT_PATTERN.removesuffix("$") + r"\Z")
 _PLACEHOLDER_RE = r"<[A-Z][A-Z0-9_]*(?:_[0-9]+|:[0-9a-f]+)>"
+# Contexts whose prompts are rendered at once while writing (about 1.5 KB each).
+_PROMPT_SLICE = 200_000
 _OUTCOME_STATUSES = (
     "accepted_kept",
     "accepted_unobserved",
@@ -870,34 +872,36 @@ class _Builder:
                 SELECT 1 FROM b_ctx e WHERE e.split = 'eval' AND e.tenant = b_ctx.tenant
                   AND e.user_hash = b_ctx.user_hash AND e.file_path = b_ctx.file_path)
             """,
+            # Contexts that reach the sets, numbered in output order (time, tenant, request):
+            # every sort and join below is on this integer.
             """
+            CREATE TABLE b_kctx AS
+            SELECT tenant, request_id, f, w, template, shift, context_hash, split, created_at,
+                row_number() OVER (ORDER BY created_at, tenant, request_id) - 1 AS crank
+            FROM b_ctx WHERE split IS NOT NULL
+            """,
+            # Kept contexts have distinct context hashes, so crank stands for the hash here.
+            f"""
             CREATE TABLE b_final AS
             WITH joined AS (
                 SELECT r.*, c.context_hash, c.split, c.shift, c.created_at AS ctx_created,
-                    c.f AS src_file, c.w AS src_row, c.template,
+                    c.crank, CASE r."set" {set_order} END AS set_index,
                     s.language, s.model_version, s.policy_version
-                FROM b_rows r JOIN b_ctx c USING (tenant, request_id)
+                FROM b_rows r JOIN b_kctx c USING (tenant, request_id)
                 JOIN b_state s ON s.tenant = r.tenant AND s.suggestion_id = r.suggestion_id
-                WHERE c.split IS NOT NULL
             ),
             deduped AS (
                 SELECT * FROM joined
                 QUALIFY row_number() OVER (
-                    PARTITION BY "set", context_hash, coalesce(completion, ''),
+                    PARTITION BY set_index, crank, coalesce(completion, ''),
                         coalesce(chosen, ''), coalesce(rejected, ''), coalesce(label, false)
                     ORDER BY suggestion_id, rule, coalesce(other_id, '')) = 1
             )
             SELECT *, row_number() OVER (
-                PARTITION BY "set", split
-                ORDER BY ctx_created, tenant, request_id, suggestion_id, rule,
-                    coalesce(other_id, '')) - 1 AS ord
+                PARTITION BY set_index, split
+                ORDER BY crank, suggestion_id, rule, coalesce(other_id, '')) - 1 AS ord
             FROM deduped
-            """,
-            # One integer orders the output: sorting wide rows on it is cheapest.
-            "ALTER TABLE b_final ADD COLUMN gkey BIGINT",
-            f"""
-            UPDATE b_final SET gkey = ((CASE "set" {set_order} END) * 2
-                + CASE split WHEN 'train' THEN 0 ELSE 1 END) * 1099511627776 + ord
+            ORDER BY crank, set_index, ord
             """,
         )
 
@@ -911,38 +915,34 @@ class _Builder:
                 path = self.work / set_name / f"{split}.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 writers[(set_name, split)] = _SetWriter(path, schema, self.config.row_group_rows)
-        sql = """
-            SELECT f."set", f.split,
-                left(p.prompt, length(p.prompt) - length(f.shift)) AS prompt,
-                CASE WHEN f.completion IS NOT NULL THEN f.shift || f.completion END AS completion,
-                CASE WHEN f.chosen IS NOT NULL THEN f.shift || f.chosen END AS chosen,
-                CASE WHEN f.rejected IS NOT NULL THEN f.shift || f.rejected END AS rejected,
-                f.label, f.reward
-            FROM b_final f JOIN (
-                SELECT r._file, r._row, gm_render(k.template, r.prefix, r.suffix) AS prompt
-                FROM raw_suggestions r
-                JOIN (SELECT DISTINCT f, w, template FROM b_ctx WHERE split IS NOT NULL) k
-                  ON r._file = k.f AND r._row = k.w
-            ) p ON p._file = f.src_file AND p._row = f.src_row
-            ORDER BY f.gkey
-        """
+        set_names = list(SETS)
+        (contexts,) = self.db.rows("SELECT count(*) FROM b_kctx")[0]
         try:
-            for batch in self.db.batches(sql):
-                table = pa.Table.from_batches([batch])
-                # Rows come ordered by (set, split): cut each batch where the pair changes.
-                keys = pc.binary_join_element_wise(
-                    table.column("set"), table.column("split"), "/"
-                ).combine_chunks()
-                changes = [0]
-                if len(keys) > 1:
-                    differs = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
-                    changes += [i + 1 for i in pc.indices_nonzero(differs).to_pylist()]
-                changes.append(table.num_rows)
-                for start, end in zip(changes, changes[1:], strict=False):
-                    set_name, split = keys[start].as_py().split("/")
-                    writer = writers[(set_name, split)]
-                    chunk = table.slice(start, end - start)
-                    writer.write(chunk.select(writer.schema.names).cast(writer.schema))
+            # Contexts in slices of output order: each slice renders its prompts once (reading
+            # only the files that hold them) and every set takes its rows' prompts from there.
+            for low in range(0, contexts, _PROMPT_SLICE):
+                high = min(low + _PROMPT_SLICE, contexts)
+                prompts = self._prompts(low, high)
+                rows = _arrow(
+                    self.db,
+                    f"""
+                    SELECT set_index, split, crank - {low} AS at,
+                        CASE WHEN completion IS NOT NULL THEN shift || completion END
+                            AS completion,
+                        CASE WHEN chosen IS NOT NULL THEN shift || chosen END AS chosen,
+                        CASE WHEN rejected IS NOT NULL THEN shift || rejected END AS rejected,
+                        label, reward
+                    FROM b_final WHERE crank >= {low} AND crank < {high}
+                    ORDER BY set_index, split DESC, ord
+                    """,
+                )
+                for (set_index, split), chunk in _runs(rows, ("set_index", "split")):
+                    writer = writers[(set_names[set_index], split)]
+                    columns = {"prompt": prompts.take(chunk.column("at").combine_chunks())}
+                    for name in writer.schema.names[1:]:
+                        columns[name] = chunk.column(name)
+                    writer.write(pa.table(columns).cast(writer.schema))
+                del prompts, rows
         finally:
             for writer in writers.values():
                 writer.close()
@@ -955,7 +955,7 @@ class _Builder:
                     other_id AS other_suggestion_id, request_id, rule, weight, context_hash,
                     ctx_created AS created_at, language, model_version, policy_version,
                     evidence, similarity, elapsed_s
-                FROM b_final ORDER BY gkey
+                FROM b_final ORDER BY set_index, split DESC, ord
                 """
             ):
                 lineage.write(pa.Table.from_batches([batch]).cast(LINEAGE_SCHEMA))
@@ -968,6 +968,36 @@ class _Builder:
             files[f"{set_name}/{split}.parquet"] = writer.summary()
         files["lineage.parquet"] = lineage.summary()
         return files
+
+    def _prompts(self, low: int, high: int) -> pa.Array:
+        """The training prompts of contexts low..high-1 (by crank), in that order."""
+        files = [
+            row[0]
+            for row in self.db.rows(
+                f"SELECT DISTINCT f FROM b_kctx WHERE crank >= {low} AND crank < {high} ORDER BY 1"
+            )
+        ]
+        table = _arrow(
+            self.db,
+            f"""
+            SELECT k.crank, CASE WHEN k.shift = '' THEN p.prompt
+                ELSE left(p.prompt, length(p.prompt) - length(k.shift)) END AS prompt
+            FROM b_kctx k JOIN (
+                SELECT filename AS f, file_row_number AS w,
+                    gm_render(t.template, r.prefix, r.suffix) AS prompt
+                FROM read_parquet($files, union_by_name = true, filename = true,
+                    file_row_number = true) r
+                JOIN b_kctx t ON t.f = r.filename AND t.w = r.file_row_number
+                    AND t.crank >= {low} AND t.crank < {high}
+            ) p ON p.f = k.f AND p.w = k.w
+            WHERE k.crank >= {low} AND k.crank < {high}
+            ORDER BY k.crank
+            """,
+            {"files": files},
+        )
+        if table.num_rows != high - low:
+            raise BuildFailed(f"prompts of contexts {low}..{high}: {table.num_rows} rendered")
+        return table.column("prompt").combine_chunks()
 
     def card(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rules = self.config.rules
@@ -1119,6 +1149,30 @@ class _Builder:
             "files": files,
             "timings_s": self.timings,
         }
+
+
+def _arrow(db: FeedbackDB, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+    batches = list(db.batches(sql, params))
+    if not batches:
+        return pa.table({})
+    return pa.Table.from_batches(batches)
+
+
+def _runs(table: pa.Table, keys: tuple[str, ...]) -> list[tuple[tuple[Any, ...], pa.Table]]:
+    """Consecutive rows with equal keys, as (key values, rows); the table is sorted by keys."""
+    if not table.num_rows:
+        return []
+    starts = [0]
+    for key in keys:
+        column = table.column(key).combine_chunks()
+        if len(column) > 1:
+            differs = pc.not_equal(column.slice(1), column.slice(0, len(column) - 1))
+            starts += [i + 1 for i in pc.indices_nonzero(differs).to_pylist()]
+    bounds = sorted(set(starts)) + [table.num_rows]
+    return [
+        (tuple(table.column(k)[a].as_py() for k in keys), table.slice(a, b - a))
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
 
 
 def _iso(epoch_us: int | None) -> str | None:

@@ -18,7 +18,16 @@ from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.fastlane import FastLane
 from gateway.problems import problem, validation_problem
-from gateway.routers import analytics, continue_, datasets, health, openai, tabby, telemetry
+from gateway.routers import (
+    analytics,
+    continue_,
+    datasets,
+    health,
+    openai,
+    policies,
+    tabby,
+    telemetry,
+)
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from redaction import RedactionError
@@ -142,7 +151,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         log.error("unhandled error: %s", type(exc).__name__)  # never the payload
         return problem(500, "Internal error", "an unexpected error occurred; see the gateway log")
 
-    for module in (openai, tabby, continue_, telemetry, analytics, datasets, health):
+    for module in (openai, tabby, continue_, telemetry, analytics, datasets, policies, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

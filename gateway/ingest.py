@@ -154,7 +154,8 @@ class Ingestor:
             for r in records
         ]
         results = await self._pool.redact_many(items)
-        version = self._pool.policy_version
+        # Each outcome names the version that redacted it: the pool may have switched
+        # policy while this batch was running (hot reload), so never ask the pool afterwards.
         out: list[dict[str, Any]] = []
         idx = 0
         for job in jobs:
@@ -165,12 +166,12 @@ class Ingestor:
                     row = dict(record.meta)
                     row.update(result.fields)
                     row["record_type"] = record.record_type
-                    row["policy_version"] = version
+                    row["policy_version"] = result.policy_version
                     row["redaction_counts"] = result.counts
                     out.append(row)
                     job.receipt.stored += 1
                 elif isinstance(result, RedactionFailure):
-                    out.append(_quarantine(record, result.reason, version))
+                    out.append(_quarantine(record, result.reason, result.policy_version))
                     job.receipt.quarantined += 1
                     self._metrics.inc(
                         "gristmill_quarantined_total",

@@ -7,6 +7,7 @@ Paths left unset are derived from ``data_dir``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -89,9 +90,20 @@ class Settings(BaseSettings):
     # ingest
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
     redaction_workers: int = Field(
-        default=0, ge=0, description="Redaction processes; 0 runs redaction in a thread."
+        default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)),
+        ge=0,
+        description="Redaction processes (default: half the cores, 1 to 4); 0 runs redaction "
+        "in a thread of the gateway process, sharing its core with serving.",
     )
-    redaction_timeout_s: float = Field(default=10.0, gt=0, description="Per-record redaction time limit.")
+    redaction_timeout_s: float = Field(
+        default=10.0, gt=0, description="Per-record redaction time limit."
+    )
+    policy_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a running gateway checks the policy store for a policy "
+        "applied elsewhere (the CLI, another replica) and hot-reloads it.",
+    )
     ingest_queue_size: int = Field(
         default=10_000, ge=1, description="Served suggestions waiting for redaction."
     )
@@ -154,6 +166,16 @@ class Settings(BaseSettings):
     @property
     def parquet_dir(self) -> Path:
         return self.data_dir / "parquet"
+
+    @property
+    def policy_store_dir(self) -> Path:
+        """Every accepted redaction policy and the active pointer."""
+        return self.data_dir / "policies"
+
+    @property
+    def audit_file(self) -> Path:
+        """The hash-chained audit log."""
+        return self.data_dir / "audit" / "audit.jsonl"
 
     @property
     def policy_file(self) -> Path:

@@ -125,13 +125,15 @@ class AuditLog:
         os.replace(tmp, self.head_path)
 
     def entries(self) -> Iterator[AuditEntry]:
-        """Every entry in file order (unverified; see `verify`)."""
+        """Every readable entry in file order (unverified; see `verify`)."""
         if not self.path.exists():
             return
         with open(self.path, encoding="utf-8") as f:
             for line in f:
-                if line.strip():
+                try:
                     yield AuditEntry(**json.loads(line))
+                except (ValueError, TypeError):
+                    continue  # not an entry (tampering or a torn write): `verify` reports it
 
     def tail(self, limit: int = 100, *, action_prefix: str | None = None) -> list[AuditEntry]:
         """The last `limit` entries (optionally only actions starting with a prefix), newest

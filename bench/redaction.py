@@ -19,7 +19,7 @@ PHONE_NUMBER or IP_ADDRESS; its other types (DATE_TIME, URL, LOCATION, ...) are 
 the corpus' labels and are not scored. detect-secrets reports a value per line: its span
 is that value in the line (the whole line when the value is not in it, e.g. a PEM header).
 
-Recognizers were tuned on --tune-seed's corpus; the report uses --seed (held out).
+Recognizers were tuned on the corpora of TUNE_SEEDS; the report uses --seed (held out).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from tests.data.redaction_corpus import (  # noqa: E402
     score,
 )
 
-HELD_OUT_SEED = 20250611
-TUNE_SEED = 7
+HELD_OUT_SEED = 424242
+TUNE_SEEDS = (7, 20250611)
 PRESIDIO_PII = frozenset({"PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS"})
 TARGETS = {
     "secret recall": 0.99,
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     core = pin_one_core(args.core)
     samples = generate(args.seed, args.samples)
-    print(f"pinned to core {core}; tuned on seed {TUNE_SEED}, reporting seed {args.seed}")
+    print(f"pinned to core {core}; tuned on seeds {TUNE_SEEDS}, reporting seed {args.seed}")
     results: dict[str, tuple[Scores, float]] = {}
     for name in args.tools.split(","):
         started = time.monotonic()

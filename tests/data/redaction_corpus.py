@@ -1104,8 +1104,9 @@ def _overlaps(a_start: int, a_end: int, b: Span) -> bool:
 
 
 def score(samples: Sequence[Sample], findings: Mapping[str, Sequence[Found]]) -> Scores:
-    """Recall (gold fully covered by any finding), precision (findings overlapping gold),
-    leaks (gold secrets not fully covered) and findings on hard negatives."""
+    """Recall (gold fully covered by findings of its category), precision (findings
+    overlapping gold), leaks (gold secrets not fully covered by any finding) and findings on
+    hard negatives."""
     s = Scores()
     for sample in samples:
         found = findings.get(sample.id, ())
@@ -1114,9 +1115,9 @@ def score(samples: Sequence[Sample], findings: Mapping[str, Sequence[Found]]) ->
         for span in gold:
             key = (span.category, span.kind)
             s.gold[key] += 1
-            if _covered(sample.text, span, found):
+            if _covered(sample.text, span, [f for f in found if f.category == span.category]):
                 s.covered[key] += 1
-            elif span.category == SECRET:
+            if span.category == SECRET and not _covered(sample.text, span, found):
                 s.leaks.append((sample.id, span.kind))
         for span in sample.negatives:
             s.negatives[span.kind] += 1

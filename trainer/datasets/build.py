@@ -47,7 +47,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feedback_store import TEMPLATE_FAMILIES, FeedbackDB, StoreError, match_later_requests
+from feedback_store import (
+    TEMPLATE_FAMILIES,
+    FeedbackDB,
+    MatchParams,
+    StoreError,
+    match_later_requests,
+)
 
 from .errors import BuildFailed, BuildInvalid
 from .rules import SignalRules
@@ -528,6 +534,7 @@ class _Builder:
 
     def infer(self) -> None:
         inference = self.doc.inference
+        params = inference.match_params()
         evidence = """
             CREATE TABLE b_evidence (tenant VARCHAR, suggestion_id VARCHAR, okey BIGINT,
                 obs_at TIMESTAMPTZ, found BOOLEAN, complete BOOLEAN, method VARCHAR,
@@ -549,92 +556,117 @@ class _Builder:
                        WHEN rejected OR shown THEN {self._visible_ok()}
                        ELSE {without} AND NOT telemetry_client AND {self._visible_ok()} END
             """,
-            """
-            CREATE TABLE b_pending AS
-            SELECT tenant, suggestion_id, user_hash, file_path, floor_key, after_ts,
-                9223372036854775807 AS bound
-            FROM b_cand
+            # The candidates' own texts, cut once for every round (joined before cutting, so
+            # only the candidates' rows are cut).
+            f"""
+            CREATE TABLE b_ctext AS
+            SELECT c.tenant, c.suggestion_id, c.accepted, c.inserted,
+                right(p.prefix, {params.prefix_tail_chars + 1}) AS prefix,
+                left(p.suffix, {params.suffix_head_chars}) AS suffix
+            FROM b_cand c JOIN raw_suggestions p ON p._file = c._file AND p._row = c._row
             """,
         )
-        params = inference.match_params()
+        # The latest later request within each survival window, the longest first, until one
+        # shows the insertion point completely (or the text moved). Each round looks before the
+        # previous round's observation, so the observations of the shorter windows follow from
+        # the first one alone: round 1 is matched, then the chain of rounds 2.. of the
+        # unresolved candidates is matched at once and the first resolved round counts.
+        windows = sorted(self.doc.survival.windows_s, reverse=True)
+        obs_columns = """
+            p.tenant, p.suggestion_id, r.okey, r.created_at AS obs_at, r.rep_file, r.rep_row,
+            r.source AS obs_source, r.edit_accepted, r.okey - 1 AS next_bound
+        """
+
+        def bound(window: float, previous: str) -> str:
+            return (
+                f"least({previous}, epoch_us(least(p.after_ts + to_microseconds("
+                f"{int(window * 1e6)}), {self.until})) * 1024 + 1023)"
+            )
+
+        asof = """
+            ASOF JOIN b_req r ON p.tenant = r.tenant AND p.user_hash = r.user_hash
+             AND p.file_path = r.file_path AND {bound} >= r.okey
+            WHERE r.okey > p.floor_key
+        """
+        started = time.perf_counter()
+        self.db.execute(
+            f"""
+            CREATE TABLE b_obs AS SELECT 1 AS round, {obs_columns}
+            FROM b_cand p {asof.format(bound=bound(windows[0], "9223372036854775807"))}
+            """
+        )
+        self._match("b_obs", "b_match", params)
+        resolved = "(found AND complete) OR moved_found"
+        self.db.execute(
+            f"INSERT INTO b_evidence SELECT tenant, suggestion_id, okey, obs_at, found, "
+            f"complete, method, text, compare_from, compare_to, clean, moved_found, "
+            f"similarity FROM b_match WHERE {resolved}"
+        )
+        first = round(time.perf_counter() - started, 3)
+        self.timings[f"inference_{int(windows[0])}s"] = first
+        self.say(f"inference within {windows[0]:g} s: {first:.1f} s")
+        if len(windows) == 1:
+            return
+        started = time.perf_counter()
+        self.db.execute(
+            f"""
+            CREATE TABLE b_chain AS
+            SELECT o.* FROM b_obs o SEMI JOIN b_match m
+              ON m.tenant = o.tenant AND m.suggestion_id = o.suggestion_id
+             AND NOT ({resolved})
+            """
+        )
+        self.db.execute("DROP TABLE b_obs")
+        self.db.execute("DROP TABLE b_match")
+        self.db.execute("CREATE TABLE b_obs AS SELECT * FROM b_chain LIMIT 0")
+        for index, window in enumerate(windows[1:], 2):
+            self.db.execute(
+                f"""
+                CREATE OR REPLACE TABLE b_chain AS SELECT {index} AS round, {obs_columns}
+                FROM (SELECT c.next_bound, d.* FROM b_chain c JOIN b_cand d
+                      ON d.tenant = c.tenant AND d.suggestion_id = c.suggestion_id) p
+                {asof.format(bound=bound(window, "p.next_bound"))}
+                """
+            )
+            self.db.execute("INSERT INTO b_obs SELECT * FROM b_chain")
+        self._match("b_obs", "b_match", params)
+        self.db.execute(
+            f"""
+            INSERT INTO b_evidence SELECT tenant, suggestion_id, okey, obs_at, found, complete,
+                method, text, compare_from, compare_to, clean, moved_found, similarity
+            FROM b_match m WHERE {resolved}
+            QUALIFY row_number() OVER (PARTITION BY tenant, suggestion_id ORDER BY round) = 1
+            """
+        )
+        self.timings["inference_later_windows"] = round(time.perf_counter() - started, 3)
+        self.say(f"inference, later windows: {self.timings['inference_later_windows']:.1f} s")
+
+    def _match(self, obs: str, out: str, params: MatchParams) -> None:
+        """Match each observation of ``obs`` against its candidate (see feedback_queries)."""
+        source = f"""
+            SELECT o.tenant, o.suggestion_id, o.round, o.okey, o.obs_at, c.accepted,
+                c.inserted, c.prefix, c.suffix,
+                CASE WHEN o.obs_source = 'continue_edit' THEN ''
+                     WHEN q.source = 'continue_edit' THEN q.prefix
+                     ELSE right(q.prefix, {params.later_prefix_chars}) END AS later_prefix,
+                CASE WHEN o.obs_source <> 'continue_edit'
+                        THEN left(q.suffix, {params.later_suffix_chars})
+                     WHEN o.edit_accepted
+                        THEN CASE WHEN q.source = 'continue_edit' THEN q.completion END
+                     WHEN q.source = 'continue_edit' THEN q.prefix
+                     ELSE right(q.prefix, {params.later_prefix_chars}) END AS later_suffix
+            FROM {obs} o
+            JOIN b_ctext c ON c.tenant = o.tenant AND c.suggestion_id = o.suggestion_id
+            JOIN raw_suggestions q ON q._file = o.rep_file AND q._row = o.rep_row
+        """
         keys = [
             ("tenant", "VARCHAR"),
             ("suggestion_id", "VARCHAR"),
+            ("round", "INTEGER"),
             ("okey", "BIGINT"),
             ("obs_at", "TIMESTAMPTZ"),
         ]
-        # The latest later request within each survival window, the longest first, until one
-        # shows the insertion point completely (or the text moved).
-        windows = sorted(self.doc.survival.windows_s, reverse=True)
-        for window in windows:
-            started = time.perf_counter()
-            self.db.execute(
-                f"""
-                UPDATE b_pending SET bound = least(bound, epoch_us(least(
-                    after_ts + to_microseconds({int(window * 1e6)}), {self.until}))
-                    * 1024 + 1023)
-                """
-            )
-            self.db.execute("DROP TABLE IF EXISTS b_obs")
-            self.db.execute(
-                """
-                CREATE TABLE b_obs AS
-                SELECT p.tenant, p.suggestion_id, r.okey, r.created_at AS obs_at, r.rep_file,
-                    r.rep_row, r.source AS obs_source, r.edit_accepted
-                FROM b_pending p ASOF JOIN b_req r
-                  ON p.tenant = r.tenant AND p.user_hash = r.user_hash
-                 AND p.file_path = r.file_path AND p.bound >= r.okey
-                WHERE r.okey > p.floor_key
-                """
-            )
-            (observations,) = self.db.rows("SELECT count(*) FROM b_obs")[0]
-            if not observations:
-                break
-            source = f"""
-                SELECT o.tenant, o.suggestion_id, o.okey, o.obs_at, c.accepted, c.inserted,
-                    p.prefix, p.suffix,
-                    CASE WHEN o.obs_source = 'continue_edit' THEN '' ELSE q.prefix END
-                        AS later_prefix,
-                    CASE WHEN o.obs_source <> 'continue_edit' THEN q.suffix
-                         WHEN o.edit_accepted THEN q.completion ELSE q.prefix END
-                        AS later_suffix
-                FROM b_obs o
-                JOIN b_cand c ON c.tenant = o.tenant AND c.suggestion_id = o.suggestion_id
-                JOIN (
-                    SELECT _file, _row, right(prefix, {params.prefix_tail_chars + 1}) AS prefix,
-                        left(suffix, {params.suffix_head_chars}) AS suffix
-                    FROM raw_suggestions
-                ) p ON p._file = c._file AND p._row = c._row
-                JOIN (
-                    -- Edit records are observed whole (their code is a region, not a cursor).
-                    SELECT _file, _row, source,
-                        CASE WHEN source = 'continue_edit' THEN prefix
-                             ELSE right(prefix, {params.later_prefix_chars}) END AS prefix,
-                        left(suffix, {params.later_suffix_chars}) AS suffix,
-                        CASE WHEN source = 'continue_edit' THEN completion END AS completion
-                    FROM raw_suggestions
-                ) q ON q._file = o.rep_file AND q._row = o.rep_row
-            """
-            self.db.execute("DROP TABLE IF EXISTS b_match")
-            match_later_requests(self.db, source, keys, "b_match", params)
-            resolved = "(found AND complete) OR moved_found"
-            self.db.execute(
-                f"INSERT INTO b_evidence SELECT tenant, suggestion_id, okey, obs_at, found, "
-                f"complete, method, text, compare_from, compare_to, clean, moved_found, "
-                f"similarity FROM b_match WHERE {resolved}"
-            )
-            self.db.execute(
-                f"""
-                CREATE OR REPLACE TABLE b_pending AS
-                SELECT p.tenant, p.suggestion_id, p.user_hash, p.file_path, p.floor_key,
-                    p.after_ts, m.okey - 1 AS bound
-                FROM b_pending p JOIN b_match m
-                  ON m.tenant = p.tenant AND m.suggestion_id = p.suggestion_id
-                WHERE NOT ({resolved})
-                """
-            )
-            self.timings[f"inference_{int(window)}s"] = round(time.perf_counter() - started, 3)
-            self.say(f"inference within {window:g} s: {observations} observations")
+        match_later_requests(self.db, source, keys, out, params)
 
     # -- 5. outcomes --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli_datasets import datasets_app
+from gateway.cli_policy import audit_app, policy_app
 from gateway.cli_train import models_app, train_cmd
 from gateway.settings import Settings
 
@@ -23,6 +24,8 @@ app = typer.Typer(
 tokens_app = typer.Typer(help="Bearer tokens (only their SHA-256 is stored).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
 app.command("train")(train_cmd)
 

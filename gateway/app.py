@@ -25,6 +25,7 @@ from gateway.routers import (
     health,
     openai,
     policies,
+    registry,
     tabby,
     telemetry,
 )
@@ -151,7 +152,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         log.error("unhandled error: %s", type(exc).__name__)  # never the payload
         return problem(500, "Internal error", "an unexpected error occurred; see the gateway log")
 
-    for module in (openai, tabby, continue_, telemetry, analytics, datasets, policies, health):
+    for module in (
+        openai, tabby, continue_, telemetry, analytics, datasets, policies, registry, health,
+    ):  # fmt: skip
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

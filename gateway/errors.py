@@ -6,6 +6,7 @@ GatewayError (500)
 ├── Unauthorized (401)
 ├── Forbidden (403)
 ├── NotFound (404)
+├── Conflict (409)            the change is not allowed from the current state
 ├── Unprocessable (422)       field-level problems in ``errors``
 ├── BackendUnavailable (503)  the model is not loaded / upstream unreachable
 │   └── BackendTimeout (504)
@@ -51,6 +52,11 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status = 404
     title = "Not found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    title = "Conflict"
 
 
 class Unprocessable(GatewayError):

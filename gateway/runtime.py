@@ -12,6 +12,7 @@ from gateway.auth import TokenStore
 from gateway.backends import ModelBackend, build_backend
 from gateway.ingest import Ingestor
 from gateway.metrics import Metrics
+from gateway.serving import ModelServing
 from gateway.settings import Settings
 from redaction import (
     AuditLog,
@@ -39,6 +40,7 @@ class Runtime:
     ready: bool = False
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _watcher: asyncio.Task[None] | None = None
+    models: ModelServing | None = None  # registry versions: routing, canary (gateway.serving)
 
     @property
     def audit(self) -> AuditLog:
@@ -80,6 +82,7 @@ class Runtime:
         await ingestor.start()
         runtime = cls(settings, key, tokens, pool, store, backend, ingestor, policies, metrics)
         runtime._watcher = asyncio.create_task(runtime._watch_policy(), name="policy-watch")
+        runtime.models = await ModelServing.start(settings, backend, store, metrics)
         runtime.ready = True
         log.info(
             "gateway ready: backend=%s model=%s policy=%s",
@@ -129,6 +132,8 @@ class Runtime:
 
     async def close(self) -> None:
         self.ready = False
+        if self.models is not None:
+            await self.models.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

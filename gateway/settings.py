@@ -124,6 +124,41 @@ class Settings(BaseSettings):
     bootstrap_minutes: float = Field(
         default=5.0, gt=0, description="Pretraining budget when serve bootstraps a model."
     )
+    # model versions (registry, canary)
+    registry_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a running gateway checks the model registry for a promotion, "
+        "rollback or retirement made elsewhere (the CLI, another replica) and switches models.",
+    )
+    canary_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of users (sticky by user hash) served the canary version.",
+    )
+    canary_confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Confidence of the two-proportion test that promotes or rolls back a canary.",
+    )
+    canary_min_shown: int = Field(
+        default=200,
+        ge=1,
+        description="Suggestions shown per arm (canary and active) before the canary is judged.",
+    )
+    canary_check_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often the gateway judges the canary and acts on it; 0 turns the "
+        "automatic check off (POST /v1/registry/canary/evaluate still runs it).",
+    )
+    upstream_adapter_dir: Path | None = Field(
+        default=None,
+        description="The model registry directory as the upstream model server (vLLM) sees it, "
+        "for lora_path; default: the gateway's own path (a shared volume mounted alike).",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -176,6 +211,11 @@ class Settings(BaseSettings):
     def audit_file(self) -> Path:
         """The hash-chained audit log."""
         return self.data_dir / "audit" / "audit.jsonl"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The model registry (versions, adapters, lineage)."""
+        return self.data_dir / "models" / "registry"
 
     @property
     def policy_file(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
@@ -73,9 +74,33 @@ class StreamDelta:
 
 
 class ModelBackend(ABC):
-    """Serves completions. Implementations must never block the event loop."""
+    """Serves completions. Implementations must never block the event loop.
+
+    Adapters (LoRA model versions from the registry) are served next to the base model:
+    ``load_adapter(name, path)`` makes ``name`` selectable with ``request.model = name``
+    (``None`` selects the base), ``unload_adapter(name)`` drops it, and every result records
+    ``version_of(request.model)``: ``<model_version>+<name>``, e.g. ``gristmill-base@ab12+v3``.
+    """
 
     name: str  # registry name, e.g. "embedded"
+    supports_adapters: bool = False
+
+    def version_of(self, adapter: str | None) -> str:
+        """The model version recorded for a request served by ``adapter`` (None: the base)."""
+        base = self.model_version
+        return base if adapter is None else f"{base}+{adapter}"
+
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded now."""
+        return []
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Load a PEFT LoRA adapter directory as ``name`` without a restart (idempotent)."""
+        raise NotImplementedError(f"the {self.name} backend cannot serve adapters")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Drop adapter ``name``; requests naming it afterwards fail (idempotent)."""
+        raise NotImplementedError(f"the {self.name} backend cannot serve adapters")
 
     @property
     @abstractmethod

@@ -4,6 +4,12 @@ Everything that touches the model runs in one dedicated worker thread: loading, 
 the decode loop. The model is not re-entrant, so requests queue there; the event loop only
 awaits futures and, for streams, reads deltas from an asyncio queue that the worker feeds.
 
+LoRA adapters (registry versions) are loaded next to the base with PEFT, into the same model,
+on the same worker thread. PEFT's adapter switch is model-wide state, so it is safe only because
+each generation runs start to end on that one thread: ``_decode`` selects the request's adapter
+(or disables adapters for the base) right before its prefill, and no other request's tokens are
+computed until it returns. Loading and unloading run on that thread too, between generations.
+
 Decoding is our own loop over a KV cache rather than ``model.generate``: it gives real
 token-by-token streaming for every choice, stop strings checked as text grows, a per-request
 ``torch.Generator`` (seeded sampling that no other thread's RNG use can disturb) and
@@ -19,9 +25,10 @@ import logging
 import os
 import platform
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +95,7 @@ class _Sampling:
     n: int
     stop: tuple[str, ...]
     seed: int | None
+    adapter: str | None = None  # a loaded adapter's name; None = the base model
 
 
 @dataclass(slots=True)
@@ -193,6 +201,7 @@ class EmbeddedBackend(ModelBackend):
     """
 
     name = "embedded"
+    supports_adapters = True
 
     def __init__(
         self,
@@ -224,6 +233,9 @@ class EmbeddedBackend(ModelBackend):
         self._loaded: _Loaded | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._active: set[threading.Event] = set()  # cancel flags of submitted generations
+        # The PEFT wrapper once the first adapter is loaded; touched only on the worker thread.
+        self._peft: Any = None
+        self._adapters: dict[str, Path] = {}  # replaced as a whole on the worker thread
         self._cpu_info = _cpu_brand()
         self._cuda_devices = [
             torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
@@ -263,12 +275,82 @@ class EmbeddedBackend(ModelBackend):
             cancel.set()  # the running decode stops at its next token; queued ones at once
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
+        self._peft, self._adapters = None, {}
         if loaded is not None:
             on_cuda = loaded.device.type == "cuda"
             del loaded
             gc.collect()
             if on_cuda:
                 torch.cuda.empty_cache()
+
+    # adapters
+
+    def adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Load a PEFT LoRA adapter directory next to the base (no restart, idempotent).
+        Raises BackendUnavailable naming the adapter when PEFT cannot load it."""
+        await self._on_worker(self._load_adapter, name, Path(path))
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._on_worker(self._unload_adapter, name)
+
+    async def _on_worker(self, fn: Callable[..., None], *args: Any) -> None:
+        executor = self._executor
+        if executor is None:
+            raise BackendUnavailable(f"embedded model from {self.model_dir} is not loaded")
+        await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        loaded = self._require()
+        if name in self._adapters:
+            return
+        if not (path / "adapter_config.json").is_file():
+            raise BackendUnavailable(f"adapter {name}: {path} is not a PEFT adapter directory")
+        try:
+            from peft import PeftModel
+
+            with warnings.catch_warnings():
+                # peft reads transformers 5's deprecated is_gradient_checkpointing alias
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(
+                        loaded.model, path, adapter_name=name, is_trainable=False
+                    )
+                else:
+                    self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
+            self._peft.to(loaded.device)
+            self._peft.eval()
+        except Exception as exc:  # ValueError, KeyError, OSError, safetensors errors, ...
+            raise BackendUnavailable(f"adapter {name}: cannot load {path}: {exc}") from exc
+        self._adapters = {**self._adapters, name: path}
+        logger.info("adapter %s loaded from %s", name, path)
+
+    def _unload_adapter(self, name: str) -> None:
+        if name not in self._adapters or self._peft is None:
+            return
+        remaining = {k: v for k, v in self._adapters.items() if k != name}
+        self._adapters = remaining  # requests naming it fail from now on
+        if remaining:
+            self._peft.delete_adapter(name)
+        else:
+            # The last adapter: take the LoRA layers out, so the base runs exactly as loaded.
+            self._peft.unload()
+            self._peft = None
+        logger.info("adapter %s unloaded", name)
+
+    def _select_adapter(self, name: str | None) -> AbstractContextManager[Any]:
+        """Worker thread only: make the model compute as adapter ``name`` (None: the base)."""
+        if name is not None and name not in self._adapters:
+            raise BackendUnavailable(f"model version {name} is not loaded (it was just retired?)")
+        if self._peft is None:
+            return nullcontext()
+        if name is None:
+            return self._peft.disable_adapter()
+        if self._peft.active_adapter != name:
+            self._peft.set_adapter(name)
+        return nullcontext()
 
     def _require(self) -> _Loaded:
         if self._loaded is None:
@@ -480,6 +562,7 @@ class EmbeddedBackend(ModelBackend):
             n=request.n,
             stop=tuple(s for s in (*request.stop, *extra_stop) if s),
             seed=request.seed,
+            adapter=request.model,
         )
 
     async def complete(self, request: CompletionRequest) -> CompletionResult:
@@ -521,7 +604,7 @@ class EmbeddedBackend(ModelBackend):
                     zip(generation.texts, generation.finish_reasons, strict=True)
                 )
             ],
-            model_version=loaded.version,
+            model_version=self.version_of(sampling.adapter),
             rendered_prompt=prompt.text,
             prompt_tokens=len(prompt.ids),
             completion_tokens=generation.completion_tokens,
@@ -586,7 +669,7 @@ class EmbeddedBackend(ModelBackend):
     ) -> _Generation:
         if cancel.is_set():
             return _Generation([], [], 0, cancelled=True)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._select_adapter(sampling.adapter):
             return self._decode_loop(loaded, prompt_ids, sampling, emit, cancel)
 
     def _decode_loop(
@@ -717,4 +800,5 @@ class EmbeddedBackend(ModelBackend):
             "cpu_count": os.cpu_count(),
             "cuda_devices": list(self._cuda_devices),
             "parameters": loaded.parameters if loaded else 0,
+            "adapters": self.adapters(),
         }

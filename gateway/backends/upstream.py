@@ -4,6 +4,12 @@ One pooled keep-alive connection pool for the life of the process (`_http.HTTPPo
 serving notes measured httpx's pool at ~1-2 ms CPU per request and aiohttp's at ~0.2 ms;
 the lean pool costs less again (bench/completion_overhead.py).
 The gateway renders the FIM prompt itself (vLLM does not accept `suffix`).
+
+Adapters (registry versions) are vLLM LoRA adapters loaded at run time (vLLM started with
+`--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`): `load_adapter("v3", path)` posts
+`{"lora_name": "<model_name>-v3", "lora_path": path}` to `/v1/load_lora_adapter`, requests
+for v3 send `model=<model_name>-v3`, and `unload_adapter` posts to `/v1/unload_lora_adapter`.
+The path is the adapter directory as the model server sees it (a shared volume).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +37,7 @@ from gateway.errors import BackendTimeout, BackendUnavailable, Unprocessable
 
 class OpenAIUpstreamBackend(ModelBackend):
     name = "openai_upstream"
+    supports_adapters = True
 
     def __init__(
         self,
@@ -55,6 +63,46 @@ class OpenAIUpstreamBackend(ModelBackend):
         self._connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
         self._session: HTTPPool | None = None
+        self._adapters: dict[str, str] = {}  # adapter name -> lora_path sent upstream
+
+    def lora_name(self, adapter: str) -> str:
+        """The name vLLM knows adapter ``adapter`` by (what requests send as ``model``)."""
+        return f"{self.model_name}-{adapter}"
+
+    def adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """POST /v1/load_lora_adapter; an adapter vLLM already has counts as loaded."""
+        lora = self.lora_name(name)
+        body = {"lora_name": lora, "lora_path": str(path)}
+        status, message = await self._admin("/load_lora_adapter", body)
+        if status >= 400 and "already" not in message.lower():
+            raise BackendUnavailable(
+                f"adapter {name}: upstream refused to load {lora} from {path} ({status}): {message}"
+            )
+        self._adapters = {**self._adapters, name: str(path)}
+
+    async def unload_adapter(self, name: str) -> None:
+        """POST /v1/unload_lora_adapter; an adapter vLLM does not have counts as unloaded."""
+        self._adapters = {k: v for k, v in self._adapters.items() if k != name}
+        lora = self.lora_name(name)
+        status, message = await self._admin("/unload_lora_adapter", {"lora_name": lora})
+        if status >= 400 and status != 404 and "not found" not in message.lower():
+            raise BackendUnavailable(
+                f"adapter {name}: upstream refused to unload {lora} ({status}): {message}"
+            )
+
+    async def _admin(self, path: str, body: dict[str, Any]) -> tuple[int, str]:
+        """POST to a vLLM management endpoint: (status, error message or '')."""
+        session = self._require_session()
+        try:
+            resp = await session.post(path, orjson.dumps(body))
+        except UpstreamError as exc:
+            raise _translate(exc, self.base_url + path) from exc
+        if resp.status < 400:
+            return resp.status, ""
+        return resp.status, _error_message(resp.body)
 
     @property
     def model_version(self) -> str:
@@ -92,8 +140,10 @@ class OpenAIUpstreamBackend(ModelBackend):
         self, request: CompletionRequest | ChatRequest, stream: bool, **payload: Any
     ) -> dict[str, Any]:
         """The sampling fields both OpenAI endpoints share, around prompt or messages."""
+        if request.model is not None and request.model not in self._adapters:
+            raise BackendUnavailable(f"model version {request.model} is not loaded upstream")
         body: dict[str, Any] = {
-            "model": request.model or self.upstream_model,
+            "model": self.lora_name(request.model) if request.model else self.upstream_model,
             **payload,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -158,27 +208,21 @@ class OpenAIUpstreamBackend(ModelBackend):
         return self._session
 
     def _raise_for_status(self, status: int, raw: bytes) -> None:
-        message = raw[:500].decode("utf-8", "replace")
-        try:
-            err = orjson.loads(raw).get("error")
-            if isinstance(err, dict) and err.get("message"):
-                message = str(err["message"])
-            elif isinstance(err, str):
-                message = err
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
+        message = _error_message(raw)
         if 400 <= status < 500 and status not in (401, 403, 404, 429):
             raise Unprocessable(f"upstream rejected the request ({status}): {message}")
         raise BackendUnavailable(f"upstream answered {status}: {message}")
 
     async def complete(self, request: CompletionRequest) -> CompletionResult:
         doc = await self._post("/completions", self._completion_body(request, stream=False))
-        return self._result(doc, self.render_completion_prompt(request), chat=False)
+        return self._result(
+            doc, self.render_completion_prompt(request), chat=False, adapter=request.model
+        )
 
     async def chat(self, request: ChatRequest) -> CompletionResult:
         doc = await self._post("/chat/completions", self._chat_body(request, stream=False))
         rendered = "\n".join(f"{m.role}: {m.content}" for m in request.messages)
-        return self._result(doc, rendered, chat=True)
+        return self._result(doc, rendered, chat=True, adapter=request.model)
 
     def stream(self, request: CompletionRequest) -> AsyncIterator[StreamDelta]:
         return self._stream("/completions", self._completion_body(request, stream=True), chat=False)
@@ -186,7 +230,9 @@ class OpenAIUpstreamBackend(ModelBackend):
     def stream_chat(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         return self._stream("/chat/completions", self._chat_body(request, stream=True), chat=True)
 
-    def _result(self, doc: dict[str, Any], rendered: str, *, chat: bool) -> CompletionResult:
+    def _result(
+        self, doc: dict[str, Any], rendered: str, *, chat: bool, adapter: str | None = None
+    ) -> CompletionResult:
         try:
             choices = [
                 Choice(
@@ -201,7 +247,7 @@ class OpenAIUpstreamBackend(ModelBackend):
         usage = doc.get("usage") or {}
         return CompletionResult(
             choices=choices,
-            model_version=self.model_version,
+            model_version=self.version_of(adapter),
             rendered_prompt=rendered,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
@@ -215,7 +261,25 @@ class OpenAIUpstreamBackend(ModelBackend):
             "cpu_info": f"OpenAI-compatible upstream {self.base_url}",
             "cpu_count": os.cpu_count() or 1,
             "cuda_devices": [],
+            "adapters": self.adapters(),
         }
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of an OpenAI-style (or vLLM/FastAPI-style) error body."""
+    message = raw[:500].decode("utf-8", "replace")
+    try:
+        doc = orjson.loads(raw)
+        err = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            message = str(err["message"])
+        elif isinstance(err, str):
+            message = err
+        elif isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            message = doc["message"]
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return message
 
 
 def _finish(value: Any) -> Any:

@@ -175,7 +175,15 @@ async def list_models(_: Developer, backend: BackendDep, settings: SettingsDep) 
     )
 
 
-def _completion_request(body: CompletionBody, settings: Settings) -> CompletionRequest:
+def served_version(runtime: Runtime, principal: Principal) -> str | None:
+    """The registry version that serves this user now (canary or active; None: the base)."""
+    models = runtime.models
+    return models.route(principal.user_hash) if models is not None else None
+
+
+def _completion_request(
+    body: CompletionBody, settings: Settings, model: str | None = None
+) -> CompletionRequest:
     prefix, suffix = body.cursor()
     return CompletionRequest(
         prefix=prefix,
@@ -186,6 +194,7 @@ def _completion_request(body: CompletionBody, settings: Settings) -> CompletionR
         n=body.n,
         stop=body.stops(),
         seed=body.seed,
+        model=model,
     )
 
 
@@ -194,7 +203,7 @@ async def complete(
 ) -> dict[str, Any]:
     """A non-streaming completion, recorded; shared by the route and the fast lane."""
     backend, settings = runtime.backend, runtime.settings
-    req = _completion_request(body, settings)
+    req = _completion_request(body, settings, served_version(runtime, principal))
     ctx = _context(user_agent, body, "openai", backend)
     request_id = new_request_id()
     started = time.perf_counter()
@@ -233,7 +242,7 @@ async def completions(
     if not body.stream:
         return _json(await complete(body, principal, user_agent, runtime))
     backend, settings = runtime.backend, runtime.settings
-    req = _completion_request(body, settings)
+    req = _completion_request(body, settings, served_version(runtime, principal))
     ctx = _context(user_agent, body, "openai", backend)
     # The first piece is awaited here, so a backend that is down answers with problem+json.
     deltas = await _primed(backend.stream(req))
@@ -327,7 +336,7 @@ async def _stream_completion(
             Choice(index=i, text="".join(parts), finish_reason=finish.get(i, "stop"))  # type: ignore[arg-type]
             for i, parts in sorted(texts.items())
         ],
-        model_version=backend.model_version,
+        model_version=backend.version_of(req.model),
         rendered_prompt="",  # not recorded; rendering would tokenize on the event loop
     )
     latency_ms = (time.perf_counter() - started) * 1000
@@ -346,6 +355,7 @@ async def chat_completions(
     backend: BackendDep,
     ingestor: IngestorDep,
     settings: SettingsDep,
+    runtime: RuntimeDep,
 ) -> Response:
     req = ChatRequest(
         messages=[ChatMessage(role=m.role, content=m.text()) for m in body.messages],
@@ -355,6 +365,7 @@ async def chat_completions(
         n=body.n,
         stop=body.stops(),
         seed=body.seed,
+        model=served_version(runtime, principal),
     )
     ctx = _context(request.headers.get("user-agent"), body, "chat", backend)
     ctx.prompt_template = "chat"
@@ -449,7 +460,7 @@ async def _stream_chat(
             Choice(index=i, text="".join(parts), finish_reason=finish.get(i, "stop"))  # type: ignore[arg-type]
             for i, parts in sorted(texts.items())
         ],
-        model_version=backend.model_version,
+        model_version=backend.version_of(req.model),
         rendered_prompt=conversation,
     )
     latency_ms = (time.perf_counter() - started) * 1000

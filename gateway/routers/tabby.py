@@ -183,6 +183,7 @@ async def complete(
         temperature=body.temperature or 0.0,
         seed=body.seed,
         stop=["\n\n\n"],
+        model=runtime.models.route(principal.user_hash) if runtime.models else None,
     )
     name, version = _client(user_agent)
     ctx = ServedContext(

@@ -2,7 +2,10 @@
 
 Stands in for vLLM, which needs a GPU we do not have. Implements /v1/models,
 /v1/completions and /v1/chat/completions (with SSE streaming) on a bare asyncio protocol,
-so that it is never the bottleneck of a proxy-overhead measurement.
+so that it is never the bottleneck of a proxy-overhead measurement. Also vLLM's runtime LoRA
+endpoints, /v1/load_lora_adapter and /v1/unload_lora_adapter (answers and status codes as
+vLLM gives them); a completion whose ``model`` names a loaded adapter starts with
+``[<lora_name>] `` so tests can see which adapter served it.
 Run it alone: `python -m tests.support.fake_upstream --port 9100`.
 """
 
@@ -18,7 +21,7 @@ from typing import Any
 COMPLETION_TEXT = "return a + b\n"
 
 
-def _completion(body: dict[str, Any]) -> dict[str, Any]:
+def _completion(body: dict[str, Any], tag: str = "") -> dict[str, Any]:
     n = int(body.get("n") or 1)
     return {
         "id": "cmpl-upstream",
@@ -26,7 +29,7 @@ def _completion(body: dict[str, Any]) -> dict[str, Any]:
         "created": int(time.time()),
         "model": body.get("model", "fake"),
         "choices": [
-            {"index": i, "text": COMPLETION_TEXT, "finish_reason": "stop", "logprobs": None}
+            {"index": i, "text": tag + COMPLETION_TEXT, "finish_reason": "stop", "logprobs": None}
             for i in range(n)
         ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
@@ -116,7 +119,11 @@ class _Http(asyncio.Protocol):
             return
         body = json.loads(raw) if raw else {}
         self.server.last_body = body
-        if method == "GET" and path.endswith("/models"):
+        if method == "POST" and path.endswith("/load_lora_adapter"):
+            self._load_lora(body)
+        elif method == "POST" and path.endswith("/unload_lora_adapter"):
+            self._unload_lora(body)
+        elif method == "GET" and path.endswith("/models"):
             self._send(200, b'{"object":"list","data":[{"id":"fake","object":"model"}]}')
         elif method == "POST" and path.endswith("/completions"):
             chat = path.endswith("/chat/completions")
@@ -130,10 +137,38 @@ class _Http(asyncio.Protocol):
                     self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.transport.write(b"0\r\n\r\n")
             else:
-                doc = _chat(body) if chat else _completion(body)
+                model = body.get("model")
+                tag = f"[{model}] " if model in self.server.loras else ""
+                doc = _chat(body) if chat else _completion(body, tag)
                 self._send(200, json.dumps(doc).encode())
         else:
             self._send(404, b'{"error": {"message": "not found"}}')
+
+    def _load_lora(self, body: dict[str, Any]) -> None:
+        name, path = body.get("lora_name"), body.get("lora_path")
+        self.server.lora_calls.append(("load", body))
+        if not name or not path:
+            self._error(400, "Both 'lora_name' and 'lora_path' must be provided.")
+        elif name in self.server.loras:
+            self._error(400, f"The lora adapter '{name}' has already been loaded.")
+        else:
+            self.server.loras[name] = path
+            self._send(200, f"Success: LoRA adapter '{name}' added successfully.".encode(),
+                       b"text/plain")  # fmt: skip
+
+    def _unload_lora(self, body: dict[str, Any]) -> None:
+        name = body.get("lora_name")
+        self.server.lora_calls.append(("unload", body))
+        if name not in self.server.loras:
+            self._error(404, f"The lora adapter '{name}' cannot be found.")
+        else:
+            del self.server.loras[name]
+            self._send(200, f"Success: LoRA adapter '{name}' removed successfully.".encode(),
+                       b"text/plain")  # fmt: skip
+
+    def _error(self, status: int, message: str) -> None:
+        doc = {"object": "error", "message": message, "type": "BadRequestError", "code": status}
+        self._send(status, json.dumps(doc).encode())
 
 
 class FakeUpstream:
@@ -144,6 +179,8 @@ class FakeUpstream:
         self.requests = 0
         self.fail_status = 0
         self.last_body: dict[str, Any] | None = None
+        self.loras: dict[str, str] = {}  # lora_name -> lora_path (runtime-loaded adapters)
+        self.lora_calls: list[tuple[str, dict[str, Any]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None

@@ -247,6 +247,9 @@ async def get_policy(_: Reader, runtime: RuntimeDep) -> PolicyText:
     responses={422: {"description": "The policy is refused; `errors` name field and line."}},
 )
 async def put_policy(body: PutPolicy, principal: SecurityAdmin, runtime: RuntimeDep) -> PutResult:
+    # The engine must build for this policy (e.g. its NER model is installed) before it
+    # becomes active: a stored policy the pool cannot load would leave store and pool apart.
+    await asyncio.to_thread(_redactor, runtime, _parse(body.policy))
     try:
         result = await asyncio.to_thread(
             runtime.policies.apply,

@@ -375,7 +375,7 @@ _COMMON_VALUES = frozenset(
     "password passwd secret token none null nil true false undefined string value key "
     "default empty test admin required optional hidden text str bytes int any".split()
 )
-_IDENTIFIER = regex.compile(r"[A-Za-z_$][\w$]*")
+_IDENTIFIER = regex.compile(r"[A-Za-z_$][A-Za-z0-9_]*")
 _SLUG = regex.compile(r"[a-z]+(?:[-_./ :][a-z]+)*")
 _DOTTED = regex.compile(r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+")
 
@@ -537,6 +537,48 @@ def after_context(
         return then is None or then(value, match)
 
     return check
+
+
+_DATADOG_NAME = regex.compile(
+    r"datadog|(?<![A-Za-z])dd[_.\-]?(?:api|app|application|client)", regex.IGNORECASE
+)
+# a section header alone on its line: `datadog:` (YAML) or `[datadog]` (TOML / INI)
+_DATADOG_SECTION = regex.compile(
+    r"[ \t]*\[?[\w.\-]*datadog[\w.\-]*\]?:?[ \t]*\r?", regex.IGNORECASE
+)
+
+
+def datadog_context(value: str, match: regex.Match[str]) -> bool:
+    """Hex named for Datadog on its own line (`DD_API_KEY=...`), or under a `datadog:`
+    section on the line above. A hash a few lines below a Datadog key is just a hash."""
+    text, start = match.string, match.start("value")
+    line_start = text.rfind("\n", 0, start) + 1
+    named = _DATADOG_NAME.search(text, line_start, start)
+    if not named and line_start > 0:
+        previous = text.rfind("\n", 0, line_start - 1) + 1
+        named = _DATADOG_SECTION.fullmatch(text, previous, line_start - 1)
+    return bool(named) and mixed_hex(value, match)
+
+
+_TWILIO = regex.compile(r"twilio", regex.IGNORECASE)
+_HEX32 = regex.compile(r"[0-9a-fA-F]{32}")
+_TWILIO_LINE = regex.compile(r"twilio|auth_?token|Client\(", regex.IGNORECASE)
+
+
+def twilio_context(value: str, match: regex.Match[str]) -> bool:
+    """32 hex is a Twilio auth token only where Twilio is named: the file mentions Twilio
+    shortly before, and the line itself names a token or a client, or the line above is a
+    heading naming Twilio. Other hex nearby (a checksum line) stays a hash."""
+    text, start = match.string, match.start("value")
+    if not _TWILIO.search(text, max(0, start - 300), start):
+        return False
+    line_start = text.rfind("\n", 0, start) + 1
+    previous = text.rfind("\n", 0, max(0, line_start - 1)) + 1 if line_start else line_start
+    named = _TWILIO_LINE.search(text, line_start, start) or (
+        # a heading such as "# Twilio credentials", not the line of another token
+        _TWILIO.search(text, previous, line_start) and not _HEX32.search(text, previous, line_start)
+    )
+    return bool(named) and mixed_hex(value, match)
 
 
 def mixed_hex(value: str, _match: regex.Match[str]) -> bool:
@@ -965,7 +1007,7 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
                 r"(?<![0-9A-Za-z])(?P<value>[0-9a-f]{32})(?![0-9A-Za-z])",
                 0.85,
                 keywords=("twilio",),
-                validate=after_context(regex.compile(r"twilio", regex.IGNORECASE), 300, mixed_hex),
+                validate=twilio_context,
             ),
         ),
     ),
@@ -1016,14 +1058,7 @@ SECRET_KINDS: tuple[SecretKind, ...] = (
                 r"(?<![0-9A-Za-z])(?P<value>[0-9a-f]{40}|[0-9a-f]{32})(?![0-9A-Za-z])",
                 0.9,
                 keywords=("datadog", "dd_", "dd-", "dd.", "ddapi", "ddapp"),
-                validate=after_context(
-                    regex.compile(
-                        r"datadog|(?<![A-Za-z])dd[_.\-]?(?:api|app|application|client)",
-                        regex.IGNORECASE,
-                    ),
-                    120,
-                    mixed_hex,
-                ),
+                validate=datadog_context,
             ),
         ),
     ),

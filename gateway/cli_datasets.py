@@ -59,8 +59,11 @@ def build_config(
     threads: int | None = None,
     memory_limit: str | None = "2GB",
 ) -> BuildConfig:
-    """A build over the deployment's store: its dataset key, its policy's opted-out repos."""
-    from redaction import load_or_create_key, load_policy
+    """A build over the deployment's store: its dataset key, and the opted-out repos of the
+    ACTIVE policy (the policy store's, which `gristmill policy apply` and the API change;
+    the shipped file only seeds an empty store)."""
+    from gateway.runtime import open_policy_store
+    from redaction import load_or_create_key
     from trainer.datasets import BuildConfig, load_rules
 
     assert settings.key_file is not None
@@ -68,7 +71,7 @@ def build_config(
     key = hmac.new(
         load_or_create_key(settings.key_file), _CONTEXT_KEY_LABEL, hashlib.sha256
     ).digest()
-    policy = load_policy(settings.policy_file)
+    policy = open_policy_store(settings).seed(settings.policy_file)
     return BuildConfig(
         parquet_dir=settings.parquet_dir,
         datasets_dir=settings.data_dir / "datasets",

@@ -76,6 +76,7 @@ class Ingestor:
         self._append_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._in_flight = 0
 
     async def start(self) -> None:
         self._tasks = [
@@ -94,7 +95,13 @@ class Ingestor:
 
     @property
     def pending(self) -> int:
+        """Jobs waiting for redaction."""
         return self._redact_q.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs taken and not yet settled (durable, dropped or failed): 0 means idle."""
+        return self._in_flight
 
     async def submit(self, records: Sequence[RawRecord]) -> Receipt:
         """Returns once every record is durable (stored or quarantined) or dropped by policy."""
@@ -103,7 +110,12 @@ class Ingestor:
         if not records:
             return Receipt()
         done: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        await self._redact_q.put(_Job(records, done))
+        self._in_flight += 1
+        try:
+            await self._redact_q.put(_Job(records, done))
+        except BaseException:
+            self._in_flight -= 1
+            raise
         return await done
 
     def submit_later(self, records: Sequence[RawRecord]) -> bool:
@@ -112,6 +124,7 @@ class Ingestor:
             return False
         try:
             self._redact_q.put_nowait(_Job(records, None))
+            self._in_flight += 1
         except asyncio.QueueFull:
             self._metrics.inc(
                 "gristmill_ingest_overflow_total",
@@ -143,6 +156,7 @@ class Ingestor:
                 log.exception("redaction stage failed")
                 for job in jobs:
                     _fail(job, IngestUnavailable(f"redaction unavailable: {type(exc).__name__}"))
+                self._in_flight -= len(jobs)
                 continue
             await self._append_q.put((jobs, out))
         await self._append_q.put(_STOP)
@@ -202,7 +216,9 @@ class Ingestor:
                 self._metrics.inc("gristmill_sink_errors_total", help="Failed durable appends.")
                 for job in jobs:
                     _fail(job, IngestUnavailable(f"the durable log refused the write: {exc}"))
+                self._in_flight -= len(jobs)
                 continue
+            self._in_flight -= len(jobs)
             for job in jobs:
                 r = job.receipt
                 for kind, n in (("stored", r.stored), ("quarantined", r.quarantined)):

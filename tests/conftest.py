@@ -52,11 +52,12 @@ class Gateway:
 
     def flush(self) -> None:
         """Waits until queued served records are durable, then lands everything as Parquet."""
+        # a stream records its suggestion just after its last chunk: give it that turn
+        time.sleep(0.05)
         deadline = time.monotonic() + 30
-        while self.runtime.ingestor.pending and time.monotonic() < deadline:
+        while self.runtime.ingestor.in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
-        # one more turn so the last batch leaves the append stage
-        time.sleep(0.1)
+        assert not self.runtime.ingestor.in_flight, "served records still not durable after 30 s"
         self.runtime.store.flush()
 
     def query(self, sql: str) -> list[tuple]:

@@ -198,3 +198,42 @@ def test_when_cli_builds_and_lists_then_it_reads_the_gateway_store(gw):
         ],
     )
     assert bad.exit_code == 2 and "--since" in bad.output
+
+
+def test_when_repo_opted_out_by_applied_policy_then_build_leaves_it_out(gw):
+    """The opt-out list comes from the active policy in the store (changed through the
+    policy API), not from the shipped file."""
+    for i, repo in enumerate(["acme/web", "acme/secret-project"]):
+        body = {
+            "prompt": f"def g{i}(a, b):\n    ",
+            "gristmill": {"language": "python", "file_path": f"src/g{i}.py", "repo": repo},
+        }
+        r = gw.client.post("/v1/completions", json=body, headers=gw.auth("dev"))
+        assert r.status_code == 200, r.text
+        sid = r.json()["choices"][0]["suggestion_id"]
+        events = [
+            {"event_id": f"{i}-s", "suggestion_id": sid, "type": "shown"},
+            {"event_id": f"{i}-a", "suggestion_id": sid, "type": "accepted"},
+        ]
+        r = gw.client.post("/v1/telemetry/events", json={"events": events}, headers=gw.auth("dev"))
+        assert r.status_code == 202, r.text
+    gw.flush()
+    current = gw.client.get("/v1/policies/redaction", headers=gw.auth("admin")).json()
+    policy = current["text"].replace("opt_out_repos: []", 'opt_out_repos: ["acme/secret-*"]')
+    assert policy != current["text"]
+    r = gw.client.put(
+        "/v1/policies/redaction",
+        json={"policy": policy, "reason": "project under NDA"},
+        headers=gw.auth("admin"),
+    )
+    assert r.status_code == 200, r.text
+    now = datetime.now(UTC)
+    window = {
+        "since": (now - timedelta(hours=1)).isoformat(),
+        "until": (now + timedelta(hours=1)).isoformat(),
+    }
+    r = gw.client.post("/v1/datasets", json=window, headers=gw.auth("ml"))
+    assert r.status_code == 201, r.text
+    prompts = [row["prompt"] for row in _rows(gw, r.json()["id"], "labels")]
+    assert any("def g0(" in p for p in prompts)
+    assert not any("def g1(" in p for p in prompts)

@@ -38,6 +38,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,14 +299,23 @@ class _Builder:
         self.timings[name] = round(time.perf_counter() - started, 3)
         self.say(f"{name}: {self.timings[name]:.1f} s")
 
+    def drop(self, *tables: str) -> None:
+        """Free what later steps no longer read (less to spill)."""
+        for table in tables:
+            self.db.execute(f"DROP TABLE IF EXISTS {table}")
+
     def run(self) -> dict[str, Any]:
         self.load_suggestions()
         self.load_facts()
         self.load_state()
+        self.drop("b_sugg", "b_facts", "b_tclients", "b_twin_cand", "b_twin")
         self.infer()
+        self.drop("b_cand", "b_ctext", "b_obs", "b_chain", "b_match", "b_req")
         self.decide()
+        self.drop("b_state")
         self.emit_rows()
         self.contexts()
+        self.drop("b_rows")
         files = self.write()
         return self.card(files)
 
@@ -318,31 +328,42 @@ class _Builder:
         text = "prefix || coalesce(suffix, '') || completion"
         self.step(
             "suggestions",
+            # Files by a small integer, in landing order (batch, then path); b_raw is the store
+            # with that number, for joins back to the text of a row.
+            """
+            CREATE TABLE b_files AS
+            SELECT _file AS path, row_number() OVER (ORDER BY min(_batch), _file) AS fid
+            FROM raw_suggestions GROUP BY _file
+            """,
+            """
+            CREATE VIEW b_raw AS
+            SELECT r.*, f.fid FROM raw_suggestions r JOIN b_files f ON f.path = r._file
+            """,
             f"""
             CREATE TABLE b_sugg AS
             SELECT tenant, suggestion_id, request_id, user_hash, repo, source, language,
                 file_path, choice_index, model_version, policy_version, created_at,
                 prompt_template, coalesce(client_name, '') AS client_name, completion,
-                _file, _row, _batch,
+                fid, _row,
                 CASE WHEN source IN ('continue', 'openai') THEN right(prefix, 64) END AS tail64,
                 CASE WHEN cardinality(redaction_counts) > 0 THEN
                     (length({text}) - length(regexp_replace({text}, '{_PLACEHOLDER_RE}', '',
                     'g')))::DOUBLE / greatest(length({text}), 1)
                 ELSE 0.0 END AS redacted_share
-            FROM raw_suggestions
+            FROM b_raw
             WHERE created_at >= {self.since} AND created_at < {self.until} {tenants}
             """,
             # A duplicate that slipped through landing: the earliest landed copy wins.
             """
             DELETE FROM b_sugg USING (
-                SELECT _file, _row FROM (
-                    SELECT _file, _row, row_number() OVER (
-                        PARTITION BY tenant, suggestion_id ORDER BY _batch, _file, _row) AS rn
+                SELECT fid, _row FROM (
+                    SELECT fid, _row, row_number() OVER (
+                        PARTITION BY tenant, suggestion_id ORDER BY fid, _row) AS rn
                     FROM b_sugg SEMI JOIN (
                         SELECT tenant, suggestion_id FROM b_sugg GROUP BY ALL HAVING count(*) > 1
                     ) d USING (tenant, suggestion_id)
                 ) WHERE rn > 1
-            ) d WHERE b_sugg._file = d._file AND b_sugg._row = d._row
+            ) d WHERE b_sugg.fid = d.fid AND b_sugg._row = d._row
             """,
         )
         # Continue's dev-data record of a completion the gateway served: same user, prompt
@@ -351,8 +372,8 @@ class _Builder:
             "continue_twins",
             f"""
             CREATE TABLE b_twin_cand AS
-            SELECT c.tenant, c.suggestion_id AS alias_id, c._file AS a_file, c._row AS a_row,
-                arg_max(s._file, (s.created_at, s.suggestion_id)) AS t_file,
+            SELECT c.tenant, c.suggestion_id AS alias_id, c.fid AS a_file, c._row AS a_row,
+                arg_max(s.fid, (s.created_at, s.suggestion_id)) AS t_file,
                 arg_max(s._row, (s.created_at, s.suggestion_id)) AS t_row,
                 arg_max(s.prompt_template, (s.created_at, s.suggestion_id)) AS template
             FROM b_sugg c JOIN b_sugg s
@@ -362,21 +383,21 @@ class _Builder:
              AND s.created_at <= c.created_at
              AND s.created_at >= c.created_at - to_microseconds({int(self.longest * 1e6)})
             WHERE c.source = 'continue' AND c.prompt_template IS NULL
-            GROUP BY c.tenant, c.suggestion_id, c._file, c._row
+            GROUP BY c.tenant, c.suggestion_id, c.fid, c._row
             """,
             """
             CREATE TABLE b_twin AS
             WITH texts AS (
-                SELECT r._file, r._row, md5(r.prefix || chr(31) || coalesce(r.suffix, '')) AS h
-                FROM raw_suggestions r SEMI JOIN (
+                SELECT r.fid, r._row, md5(r.prefix || chr(31) || coalesce(r.suffix, '')) AS h
+                FROM b_raw r SEMI JOIN (
                     SELECT a_file AS f, a_row AS w FROM b_twin_cand
                     UNION ALL SELECT t_file, t_row FROM b_twin_cand
-                ) k ON r._file = k.f AND r._row = k.w
+                ) k ON r.fid = k.f AND r._row = k.w
             )
             SELECT c.tenant, c.alias_id, c.template
             FROM b_twin_cand c
-            JOIN texts a ON a._file = c.a_file AND a._row = c.a_row
-            JOIN texts t ON t._file = c.t_file AND t._row = c.t_row
+            JOIN texts a ON a.fid = c.a_file AND a._row = c.a_row
+            JOIN texts t ON t.fid = c.t_file AND t._row = c.t_row
             WHERE a.h = t.h
             """,
             """
@@ -441,7 +462,7 @@ class _Builder:
             WITH r AS (
                 SELECT s.tenant, s.request_id, min(s.user_hash) AS user_hash,
                     min(s.file_path) AS file_path, min(s.created_at) AS created_at,
-                    arg_min(s._file, (s.choice_index, s.suggestion_id)) AS rep_file,
+                    arg_min(s.fid, (s.choice_index, s.suggestion_id)) AS rep_file,
                     arg_min(s._row, (s.choice_index, s.suggestion_id)) AS rep_row,
                     min(s.source) AS source,
                     bool_or(coalesce(f.accepted, false)) AS edit_accepted
@@ -489,7 +510,7 @@ class _Builder:
             SELECT s.tenant, s.suggestion_id, s.request_id, s.user_hash, s.repo, s.source,
                 coalesce(s.language, 'unknown') AS language, s.file_path, s.choice_index,
                 s.model_version, s.policy_version, s.created_at, s.prompt_template,
-                s.completion, s._file, s._row,
+                s.completion, s.fid, s._row,
                 f.suggestion_id IS NOT NULL AS has_events,
                 coalesce(f.shown, false) AS shown,
                 coalesce(f.accepted, false) AS accepted,
@@ -549,7 +570,7 @@ class _Builder:
             f"""
             CREATE TABLE b_cand AS
             SELECT tenant, suggestion_id, request_id, user_hash, file_path, after_ts, accepted,
-                inserted, _file, _row, epoch_us(after_ts) * 1024 + 1023 AS floor_key
+                inserted, fid, _row, epoch_us(after_ts) * 1024 + 1023 AS floor_key
             FROM b_state
             WHERE pre_excluded IS NULL AND file_path IS NOT NULL AND {enabled}
               AND CASE WHEN accepted THEN native_text IS NULL
@@ -563,7 +584,7 @@ class _Builder:
             SELECT c.tenant, c.suggestion_id, c.accepted, c.inserted,
                 right(p.prefix, {params.prefix_tail_chars + 1}) AS prefix,
                 left(p.suffix, {params.suffix_head_chars}) AS suffix
-            FROM b_cand c JOIN raw_suggestions p ON p._file = c._file AND p._row = c._row
+            FROM b_cand c JOIN b_raw p ON p.fid = c.fid AND p._row = c._row
             """,
         )
         # The latest later request within each survival window, the longest first, until one
@@ -657,7 +678,7 @@ class _Builder:
                      ELSE right(q.prefix, {params.later_prefix_chars}) END AS later_suffix
             FROM {obs} o
             JOIN b_ctext c ON c.tenant = o.tenant AND c.suggestion_id = o.suggestion_id
-            JOIN raw_suggestions q ON q._file = o.rep_file AND q._row = o.rep_row
+            JOIN b_raw q ON q.fid = o.rep_file AND q._row = o.rep_row
         """
         keys = [
             ("tenant", "VARCHAR"),
@@ -779,7 +800,7 @@ class _Builder:
             ),
             accepted_per_request AS (
                 SELECT tenant, request_id, count(*) FILTER (WHERE accepted) AS n
-                FROM b_state GROUP BY ALL
+                FROM b_out GROUP BY ALL
             )
             SELECT 'labels' AS "set", tenant, suggestion_id, NULL::VARCHAR AS other_id,
                 request_id,
@@ -812,7 +833,7 @@ class _Builder:
                 a.evidence, a.evidence_sim, a.evidence_elapsed_s
             FROM w a
             JOIN accepted_per_request n ON n.tenant = a.tenant AND n.request_id = a.request_id
-            JOIN b_state b ON b.tenant = a.tenant AND b.request_id = a.request_id
+            JOIN b_out b ON b.tenant = a.tenant AND b.request_id = a.request_id
                 AND b.suggestion_id <> a.suggestion_id
             WHERE n.n = 1 AND a.accepted AND a.wanted_text IS NOT NULL
               AND gm_nonblank(b.completion) > 0
@@ -842,13 +863,13 @@ class _Builder:
                 SELECT s.tenant, s.request_id, min(s.created_at) AS created_at,
                     min(s.user_hash) AS user_hash, min(s.file_path) AS file_path,
                     min(s.prompt_template) AS template,
-                    arg_min(s._file, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
-                FROM b_state s SEMI JOIN b_rows r USING (tenant, request_id)
+                    arg_min(s.fid, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
+                FROM b_out s SEMI JOIN b_rows r USING (tenant, request_id)
                 GROUP BY s.tenant, s.request_id
             ),
             rendered AS (
                 SELECT n.*, gm_render(n.template, p.prefix, p.suffix) AS prompt
-                FROM need n JOIN raw_suggestions p ON p._file = n.f AND p._row = n.w
+                FROM need n JOIN b_raw p ON p.fid = n.f AND p._row = n.w
             ),
             shifted AS (
                 SELECT * EXCLUDE (prompt),
@@ -920,7 +941,7 @@ class _Builder:
                     c.crank, CASE r."set" {set_order} END AS set_index,
                     s.language, s.model_version, s.policy_version
                 FROM b_rows r JOIN b_kctx c USING (tenant, request_id)
-                JOIN b_state s ON s.tenant = r.tenant AND s.suggestion_id = r.suggestion_id
+                JOIN b_out s ON s.tenant = r.tenant AND s.suggestion_id = r.suggestion_id
             ),
             deduped AS (
                 SELECT * FROM joined
@@ -949,7 +970,15 @@ class _Builder:
                 writers[(set_name, split)] = _SetWriter(path, schema, self.config.row_group_rows)
         set_names = list(SETS)
         (contexts,) = self.db.rows("SELECT count(*) FROM b_kctx")[0]
+        lineage = _SetWriter(
+            self.work / "lineage.parquet", LINEAGE_SCHEMA, self.config.row_group_rows
+        )
+        # Parquet encoding runs in threads (pyarrow releases the GIL), one per file so each
+        # file's rows stay in order, while DuckDB renders the next slice.
+        pools = {key: ThreadPoolExecutor(1) for key in [*writers, "lineage"]}
         try:
+            lineage_done = pools["lineage"].submit(self._write_lineage, lineage)
+            in_flight: list[Future[None]] = []
             # Contexts in slices of output order: each slice renders its prompts once (reading
             # only the files that hold them) and every set takes its rows' prompts from there.
             for low in range(0, contexts, _PROMPT_SLICE):
@@ -968,31 +997,27 @@ class _Builder:
                     ORDER BY set_index, split DESC, ord
                     """,
                 )
+                submitted = []
                 for (set_index, split), chunk in _runs(rows, ("set_index", "split")):
-                    writer = writers[(set_names[set_index], split)]
+                    key = (set_names[set_index], split)
+                    writer = writers[key]
                     columns = {"prompt": prompts.take(chunk.column("at").combine_chunks())}
                     for name in writer.schema.names[1:]:
                         columns[name] = chunk.column(name)
-                    writer.write(pa.table(columns).cast(writer.schema))
+                    table = pa.table(columns).cast(writer.schema)
+                    submitted.append(pools[key].submit(writer.write, table))
                 del prompts, rows
+                for future in in_flight:  # at most two slices in memory
+                    future.result()
+                in_flight = submitted
+            for future in in_flight:
+                future.result()
+            lineage_done.result()
         finally:
-            for writer in writers.values():
+            for pool in pools.values():
+                pool.shutdown(wait=True, cancel_futures=True)
+            for writer in [*writers.values(), lineage]:
                 writer.close()
-        lineage_path = self.work / "lineage.parquet"
-        lineage = _SetWriter(lineage_path, LINEAGE_SCHEMA, self.config.row_group_rows)
-        try:
-            for batch in self.db.batches(
-                """
-                SELECT "set", split, ord AS "row", tenant, suggestion_id,
-                    other_id AS other_suggestion_id, request_id, rule, weight, context_hash,
-                    ctx_created AS created_at, language, model_version, policy_version,
-                    evidence, similarity, elapsed_s
-                FROM b_final ORDER BY set_index, split DESC, ord
-                """
-            ):
-                lineage.write(pa.Table.from_batches([batch]).cast(LINEAGE_SCHEMA))
-        finally:
-            lineage.close()
         self.timings["write"] = round(time.perf_counter() - started, 3)
         self.say(f"write: {self.timings['write']:.1f} s")
         files: dict[str, dict[str, Any]] = {}
@@ -1001,12 +1026,25 @@ class _Builder:
         files["lineage.parquet"] = lineage.summary()
         return files
 
+    def _write_lineage(self, lineage: _SetWriter) -> None:
+        for batch in self.db.batches(
+            """
+            SELECT "set", split, ord AS "row", tenant, suggestion_id,
+                other_id AS other_suggestion_id, request_id, rule, weight, context_hash,
+                ctx_created AS created_at, language, model_version, policy_version,
+                evidence, similarity, elapsed_s
+            FROM b_final ORDER BY set_index, split DESC, ord
+            """
+        ):
+            lineage.write(pa.Table.from_batches([batch]).cast(LINEAGE_SCHEMA))
+
     def _prompts(self, low: int, high: int) -> pa.Array:
         """The training prompts of contexts low..high-1 (by crank), in that order."""
         files = [
             row[0]
             for row in self.db.rows(
-                f"SELECT DISTINCT f FROM b_kctx WHERE crank >= {low} AND crank < {high} ORDER BY 1"
+                f"SELECT DISTINCT b.path FROM b_kctx k JOIN b_files b ON b.fid = k.f "
+                f"WHERE k.crank >= {low} AND k.crank < {high} ORDER BY 1"
             )
         ]
         table = _arrow(
@@ -1015,11 +1053,12 @@ class _Builder:
             SELECT k.crank, CASE WHEN k.shift = '' THEN p.prompt
                 ELSE left(p.prompt, length(p.prompt) - length(k.shift)) END AS prompt
             FROM b_kctx k JOIN (
-                SELECT filename AS f, file_row_number AS w,
+                SELECT b.fid AS f, file_row_number AS w,
                     gm_render(t.template, r.prefix, r.suffix) AS prompt
                 FROM read_parquet($files, union_by_name = true, filename = true,
                     file_row_number = true) r
-                JOIN b_kctx t ON t.f = r.filename AND t.w = r.file_row_number
+                JOIN b_files b ON b.path = r.filename
+                JOIN b_kctx t ON t.f = b.fid AND t.w = r.file_row_number
                     AND t.crank >= {low} AND t.crank < {high}
             ) p ON p.f = k.f AND p.w = k.w
             WHERE k.crank >= {low} AND k.crank < {high}

@@ -220,9 +220,27 @@ class RedactionPool:
             raise RedactionError("the redaction pool is closed")
         state = self._state
         size = max(1, min(CHUNK_MAX, -(-len(items) // max(1, self._workers))))
+        chunks = [items[start : start + size] for start in range(0, len(items), size)]
+        if state.redactor is not None:
+            submitted = self._submit(state, chunks)
+        else:
+            # ProcessPoolExecutor.submit wakes its manager thread through a pipe under a lock
+            # that thread also takes: on a busy process that blocks for milliseconds, which
+            # must not happen on the event loop's thread.
+            submitted = await asyncio.to_thread(self._submit, state, chunks)
         waits = []
-        for start in range(0, len(items), size):
-            chunk = items[start : start + size]
+        for chunk, (future, executor, version) in zip(chunks, submitted, strict=True):
+            if isinstance(future, RedactionFailure):
+                waits.append(_failed(future, len(chunk)))
+            else:
+                waits.append(self._await(future, executor, len(chunk), version))
+        return [outcome for chunk_out in await asyncio.gather(*waits) for outcome in chunk_out]
+
+    def _submit(
+        self, state: _State, chunks: list[list[RedactionItem]]
+    ) -> list[tuple[Future[list[Outcome]] | RedactionFailure, Executor, str]]:
+        out: list[tuple[Future[list[Outcome]] | RedactionFailure, Executor, str]] = []
+        for chunk in chunks:
             version = state.policy.version
             try:
                 if state.redactor is not None:
@@ -235,10 +253,10 @@ class RedactionPool:
                 log.error("redaction pool unavailable: %s", type(exc).__name__)
                 self._replace(state.executor)
                 state = self._state
-                waits.append(_failed(RedactionFailure("worker_lost", version), len(chunk)))
+                out.append((RedactionFailure("worker_lost", version), state.executor, version))
                 continue
-            waits.append(self._await(future, state.executor, len(chunk), version))
-        return [outcome for chunk_out in await asyncio.gather(*waits) for outcome in chunk_out]
+            out.append((future, state.executor, version))
+        return out
 
     async def _await(
         self, future: Future[list[Outcome]], executor: Executor, n: int, version: str

@@ -36,8 +36,9 @@ suffix'`` like this:
    ``O`` counts as kept (moved).
 
 Similarity is the normalized edit similarity: ``1 - levenshtein(a, b) / max(len(a), len(b))``
-over the UTF-8 bytes of the normalized texts (first ``MAX_COMPARE_CHARS`` characters), 1.0 when
-both are empty; re-indentation alone therefore changes nothing.
+over the characters (code points, as DuckDB 2's levenshtein counts) of the normalized texts
+(first ``MAX_COMPARE_CHARS`` characters), 1.0 when both are empty; re-indentation alone
+therefore changes nothing.
 
 Limits: only text within ``later_prefix_chars`` before and ``later_suffix_chars`` after a later
 cursor is searched (clients send a window around the cursor); the first occurrence of the anchor
@@ -94,7 +95,7 @@ def normalize_code(text: str) -> str:
     return _AROUND_NEWLINE.sub("\n", _HSPACE.sub(" ", text)).strip(" \n")
 
 
-def _levenshtein(a: bytes, b: bytes) -> int:
+def _levenshtein(a: str, b: str) -> int:
     if len(a) < len(b):
         a, b = b, a
     previous = list(range(len(b) + 1))
@@ -108,8 +109,9 @@ def _levenshtein(a: bytes, b: bytes) -> int:
 
 def edit_similarity(a: str, b: str) -> float:
     """Normalized edit similarity in [0, 1] of two code texts (see the module docstring)."""
-    na = normalize_code(a[:MAX_COMPARE_CHARS]).encode()
-    nb = normalize_code(b[:MAX_COMPARE_CHARS]).encode()
+    # Characters, as DuckDB's levenshtein (2.x) counts them.
+    na = normalize_code(a[:MAX_COMPARE_CHARS])
+    nb = normalize_code(b[:MAX_COMPARE_CHARS])
     if na == nb:
         return 1.0
     return 1.0 - _levenshtein(na, nb) / max(len(na), len(nb))
@@ -341,7 +343,7 @@ _MACROS = [
     f"CREATE MACRO gm_rstrip(x) AS rtrim(x, {_WS_SQL})",
     # Both arguments already normalized (gm_norm of their first MAX_COMPARE_CHARS characters).
     "CREATE MACRO gm_sim_norm(na, nb) AS CASE WHEN na = nb THEN 1.0 "
-    "ELSE 1.0 - levenshtein(na, nb) / greatest(strlen(na), strlen(nb)) END",
+    "ELSE 1.0 - levenshtein(na, nb) / greatest(length(na), length(nb)) END",
     f"CREATE MACRO gm_similarity(a, b) AS gm_sim_norm(gm_norm(left(a, {MAX_COMPARE_CHARS})), "
     f"gm_norm(left(b, {MAX_COMPARE_CHARS})))",
     "CREATE MACRO gm_render(template, prefix, suffix) AS "

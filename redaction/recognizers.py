@@ -440,7 +440,7 @@ def assigned_secret(value: str, match: regex.Match[str]) -> bool:
     """
     if is_placeholder(value) or "(" in value or _DOTTED.fullmatch(value):
         return False
-    if _SLUG.fullmatch(value) or value.startswith(("/", "./", "~/", "http://", "https://")):
+    if _SLUG.fullmatch(value) or value.startswith(("http://", "https://")) or _is_path(value):
         return False
     start = match.start("value")
     quoted = start > 0 and match.string[start - 1] in "\"'`"
@@ -461,6 +461,16 @@ def assigned_secret(value: str, match: regex.Match[str]) -> bool:
         and any(c.isalpha() for c in value)
         and shannon_entropy(value) >= (3.0 if len(value) >= 20 else 3.5)
     )
+
+
+_PATH = regex.compile(r"(?:~|\.{1,2})?/[\w.\-]+(?:/[\w.\-]*)*")
+
+
+def _is_path(value: str) -> bool:
+    """`/etc/app/key.pem`, `./certs`, `~/.ssh/id`: yes; base64 that opens with '/': no."""
+    if not _PATH.fullmatch(value):
+        return False
+    return value.count("/") >= 2 or len(value) < 16 or _char_classes(value) < 3
 
 
 def url_password(value: str, _match: regex.Match[str]) -> bool:
@@ -614,9 +624,9 @@ def pem_value(value: str, _match: regex.Match[str]) -> bool:
 
 _CI = regex.IGNORECASE
 _KW = (
-    r"(?P<kw>passwd|password|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key"
-    r"|private[_-]?key|auth[_-]?key|authorization|credentials?|signing[_-]?key"
-    r"|encryption[_-]?key|session[_-]?key)"
+    r"(?P<kw>passwd|password|passphrase|pwd|secret|token|api[_.\-]?key|apikey|access[_.\-]?key"
+    r"|private[_.\-]?key|auth[_.\-]?key|authorization|credentials?|signing[_.\-]?key"
+    r"|encryption[_.\-]?key|session[_.\-]?key)"
 )
 _QUOTED_VALUE = (
     r"(?:\"(?P<value>[^\"\n]{4,256})\"|'(?P<value>[^'\n]{4,256})'|`(?P<value>[^`\n]{4,256})`)"

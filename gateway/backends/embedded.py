@@ -333,6 +333,8 @@ class EmbeddedBackend(ModelBackend):
         remaining = {k: v for k, v in self._adapters.items() if k != name}
         self._adapters = remaining  # requests naming it fail from now on
         if remaining:
+            if self._peft.active_adapter == name:  # PEFT warns when deleting the active one
+                self._peft.set_adapter(next(iter(remaining)))
             self._peft.delete_adapter(name)
         else:
             # The last adapter: take the LoRA layers out, so the base runs exactly as loaded.

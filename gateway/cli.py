@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli_datasets import datasets_app
+from gateway.cli_loop import demo_cmd, loop_app
 from gateway.cli_policy import audit_app, policy_app
 from gateway.cli_train import models_app, train_cmd
 from gateway.settings import Settings
@@ -28,6 +29,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
 app.command("train")(train_cmd)
+app.add_typer(loop_app, name="loop")
+app.command("demo")(demo_cmd)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML settings file (GRISTMILL_CONFIG).")

@@ -27,7 +27,9 @@ from trainer.datasets import (
     verify_snapshot,
 )
 from trainer.evaluate import GateConfig, GateResult, ModelScores, evaluate_candidate
+from trainer.loop import CycleResult, LoopConfig, run_cycle
 from trainer.registry import ModelRegistry, ModelVersion
+from trainer.simulator import CONVENTIONS, Developer, judge, make_population, run_population
 from trainer.train import TrainConfig, TrainResult, base_model_hash, train
 
 __all__ = [
@@ -41,6 +43,14 @@ __all__ = [
     "base_model_hash",
     "evaluate_candidate",
     "train",
+    "CONVENTIONS",
+    "CycleResult",
+    "Developer",
+    "LoopConfig",
+    "judge",
+    "make_population",
+    "run_cycle",
+    "run_population",
     "BootstrapConfig",
     "BuildConfig",
     "BuildFailed",

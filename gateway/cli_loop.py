@@ -404,14 +404,13 @@ def _served_version(url: str, token: str) -> str | None:
 
     client = GatewayClient(url, token, timeout_s=10)
     try:
-        status = client.request("GET", "/v1/registry/serving")
+        answer = client.request("GET", "/v1/registry/versions")
     except SimulatorError:
         return "?"
     finally:
         client.close()
-    if isinstance(status, dict):
-        return status.get("active")
-    return "?"
+    serving = answer.get("serving") if isinstance(answer, dict) else None
+    return serving.get("active") if isinstance(serving, dict) else "?"
 
 
 def wait_served(url: str, token: str, version: str | None, poll_s: float) -> None:

@@ -344,8 +344,8 @@ _MACROS = [
     # Both arguments already normalized (gm_norm of their first MAX_COMPARE_CHARS characters).
     "CREATE MACRO gm_sim_norm(na, nb) AS CASE WHEN na = nb THEN 1.0 "
     "ELSE 1.0 - levenshtein(na, nb) / greatest(length(na), length(nb)) END",
-    f"CREATE MACRO gm_similarity(a, b) AS gm_sim_norm(gm_norm(left(a, {MAX_COMPARE_CHARS})), "
-    f"gm_norm(left(b, {MAX_COMPARE_CHARS})))",
+    f"CREATE MACRO gm_similarity(a, b) AS gm_sim_norm(gm_norm(substr(a, 1, {MAX_COMPARE_CHARS})), "
+    f"gm_norm(substr(b, 1, {MAX_COMPARE_CHARS})))",
     "CREATE MACRO gm_render(template, prefix, suffix) AS "
     + render_template_sql("template", "prefix", "suffix"),
 ]
@@ -502,6 +502,12 @@ _MATCH_COLUMNS = [
 ]
 
 
+def right_sql(expr: str, chars: int) -> str:
+    """SQL for the last ``chars`` characters of ``expr``: ``right()`` without its cost (DuckDB's
+    right/left are an order of magnitude slower than substr on long strings)."""
+    return f"substr({expr}, -{chars})" if chars > 0 else "''"
+
+
 def _exact_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str:
     """One pass: rows with an exact anchor get their match, the others their cut texts (for the
     Python fuzzy matcher). CASE guards keep the expensive expressions to the rows needing them
@@ -511,16 +517,18 @@ def _exact_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str
     return f"""
 WITH src AS (
     SELECT {key_list}, accepted, coalesce(inserted, '') AS inserted,
-        right(coalesce(prefix, ''), {params.prefix_tail_chars + 1}) AS prefix_tail,
-        left(coalesce(suffix, ''), {params.suffix_head_chars}) AS suffix_head,
-        right(coalesce(later_prefix, ''), {params.later_prefix_chars}) AS later_prefix,
-        left(coalesce(later_suffix, ''), {params.later_suffix_chars}) AS later_suffix
+        {right_sql("coalesce(prefix, '')", params.prefix_tail_chars + 1)} AS prefix_tail,
+        substr(coalesce(suffix, ''), 1, {params.suffix_head_chars}) AS suffix_head,
+        {right_sql("coalesce(later_prefix, '')", params.later_prefix_chars)} AS later_prefix,
+        substr(coalesce(later_suffix, ''), 1, {params.later_suffix_chars}) AS later_suffix
     FROM ({source_sql})),
 a AS (
     SELECT *, later_prefix || later_suffix AS o, length(later_prefix) AS cur,
-        right(right(prefix_tail, {params.prefix_tail_chars}), {params.anchor_chars}) AS anchor,
+        {right_sql(right_sql("prefix_tail", params.prefix_tail_chars), params.anchor_chars)}
+            AS anchor,
         CASE WHEN strpos(suffix_head, {nl}) > 0
-             THEN left(suffix_head, strpos(suffix_head, {nl}) - 1) ELSE suffix_head END AS rest,
+             THEN substr(suffix_head, 1, strpos(suffix_head, {nl}) - 1) ELSE suffix_head END
+            AS rest,
         length(inserted) - length(replace(inserted, {nl}, '')) AS m
     FROM src),
 b AS (
@@ -552,7 +560,7 @@ f AS (
 g AS (
     SELECT *,
         CASE WHEN rest_s = '' THEN span
-             WHEN clean THEN left(span_r, length(span_r) - length(rest_s))
+             WHEN clean THEN substr(span_r, 1, length(span_r) - length(rest_s))
              ELSE span END AS text,
         ended AND (cur <= st OR cur > st + length(span)) AS complete
     FROM f),
@@ -568,7 +576,7 @@ SELECT {key_list}, pos > 0 AS found, coalesce(complete, false) AS complete,
     pos > 0 AND coalesce(clean, false) AS clean,
     CASE WHEN pos > 0 AND accepted AND gm_nonblank(inserted) >= {params.moved_min_chars}
               AND NOT (complete AND gm_norm(compare_from) = gm_norm(compare_to))
-         THEN instr(gm_norm(left(o, st) || substr(o, st + length(span) + 1)),
+         THEN instr(gm_norm(substr(o, 1, st) || substr(o, st + length(span) + 1)),
                     gm_norm(inserted)) > 0
          ELSE false END AS moved_found,
     -- A fuzzy anchor needs its key lines, whitespace removed, somewhere in the later text;

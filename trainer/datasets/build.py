@@ -345,7 +345,7 @@ class _Builder:
                 file_path, choice_index, model_version, policy_version, created_at,
                 prompt_template, coalesce(client_name, '') AS client_name, completion,
                 fid, _row,
-                CASE WHEN source IN ('continue', 'openai') THEN right(prefix, 64) END AS tail64,
+                CASE WHEN source IN ('continue', 'openai') THEN substr(prefix, -64) END AS tail64,
                 CASE WHEN cardinality(redaction_counts) > 0 THEN
                     (length({text}) - length(regexp_replace({text}, '{_PLACEHOLDER_RE}', '',
                     'g')))::DOUBLE / greatest(length({text}), 1)
@@ -388,7 +388,7 @@ class _Builder:
             """
             CREATE TABLE b_twin AS
             WITH texts AS (
-                SELECT r.fid, r._row, md5(r.prefix || chr(31) || coalesce(r.suffix, '')) AS h
+                SELECT r.fid, r._row, r.prefix, coalesce(r.suffix, '') AS suffix
                 FROM b_raw r SEMI JOIN (
                     SELECT a_file AS f, a_row AS w FROM b_twin_cand
                     UNION ALL SELECT t_file, t_row FROM b_twin_cand
@@ -398,7 +398,7 @@ class _Builder:
             FROM b_twin_cand c
             JOIN texts a ON a.fid = c.a_file AND a._row = c.a_row
             JOIN texts t ON t.fid = c.t_file AND t._row = c.t_row
-            WHERE a.h = t.h
+            WHERE a.prefix = t.prefix AND a.suffix = t.suffix
             """,
             """
             UPDATE b_sugg SET prompt_template = t.template FROM b_twin t
@@ -582,8 +582,8 @@ class _Builder:
             f"""
             CREATE TABLE b_ctext AS
             SELECT c.tenant, c.suggestion_id, c.accepted, c.inserted,
-                right(p.prefix, {params.prefix_tail_chars + 1}) AS prefix,
-                left(p.suffix, {params.suffix_head_chars}) AS suffix
+                substr(p.prefix, -{params.prefix_tail_chars + 1}) AS prefix,
+                substr(p.suffix, 1, {params.suffix_head_chars}) AS suffix
             FROM b_cand c JOIN b_raw p ON p.fid = c.fid AND p._row = c._row
             """,
         )
@@ -669,13 +669,13 @@ class _Builder:
                 c.inserted, c.prefix, c.suffix,
                 CASE WHEN o.obs_source = 'continue_edit' THEN ''
                      WHEN q.source = 'continue_edit' THEN q.prefix
-                     ELSE right(q.prefix, {params.later_prefix_chars}) END AS later_prefix,
+                     ELSE substr(q.prefix, -{params.later_prefix_chars}) END AS later_prefix,
                 CASE WHEN o.obs_source <> 'continue_edit'
-                        THEN left(q.suffix, {params.later_suffix_chars})
+                        THEN substr(q.suffix, 1, {params.later_suffix_chars})
                      WHEN o.edit_accepted
                         THEN CASE WHEN q.source = 'continue_edit' THEN q.completion END
                      WHEN q.source = 'continue_edit' THEN q.prefix
-                     ELSE right(q.prefix, {params.later_prefix_chars}) END AS later_suffix
+                     ELSE substr(q.prefix, -{params.later_prefix_chars}) END AS later_suffix
             FROM {obs} o
             JOIN b_ctext c ON c.tenant = o.tenant AND c.suggestion_id = o.suggestion_id
             JOIN b_raw q ON q.fid = o.rep_file AND q._row = o.rep_row
@@ -881,7 +881,7 @@ class _Builder:
             )
             SELECT * EXCLUDE (prompt, shift0),
                 CASE WHEN shift0 = prompt THEN '' ELSE shift0 END AS shift,
-                sha256({_q(key)} || md5(left(prompt, length(prompt)
+                sha256({_q(key)} || md5(substr(prompt, 1, length(prompt)
                     - length(CASE WHEN shift0 = prompt THEN '' ELSE shift0 END))))
                     AS context_hash
             FROM shifted
@@ -1051,7 +1051,7 @@ class _Builder:
             self.db,
             f"""
             SELECT k.crank, CASE WHEN k.shift = '' THEN p.prompt
-                ELSE left(p.prompt, length(p.prompt) - length(k.shift)) END AS prompt
+                ELSE substr(p.prompt, 1, length(p.prompt) - length(k.shift)) END AS prompt
             FROM b_kctx k JOIN (
                 SELECT b.fid AS f, file_row_number AS w,
                     gm_render(t.template, r.prefix, r.suffix) AS prompt

@@ -357,7 +357,9 @@ class FeedbackDB:
     Views ``raw_suggestions``, ``raw_events``, ``raw_quarantine`` hold every stored row (a
     duplicate that slipped through landing appears twice) plus ``_file``, ``_row`` (where the
     row is) and ``_batch`` (the landing order: the earliest batch wins, as in the catalog).
-    Tables created on it live in memory and spill to ``temp_dir`` under ``memory_limit``.
+    Tables created on it live in memory and spill to ``temp_dir`` under ``memory_limit``; with
+    ``database`` (a new file) they are stored compressed there instead, for jobs whose tables
+    outgrow memory.
     DuckDB errors come out as QueryError.
     """
 
@@ -368,13 +370,14 @@ class FeedbackDB:
         threads: int | None = None,
         memory_limit: str | None = None,
         temp_dir: Path | None = None,
+        database: Path | None = None,
     ) -> None:
         self._root = Path(parquet_dir).resolve()
         self._lock = threading.Lock()
         self._files: dict[str, list[str]] = {}
         try:
             self.con = duckdb.connect(
-                ":memory:",
+                str(database) if database is not None else ":memory:",
                 config={"autoload_known_extensions": False, "autoinstall_known_extensions": False},
             )
             self.con.execute("SET TimeZone = 'UTC'")

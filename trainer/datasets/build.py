@@ -227,6 +227,7 @@ def build_snapshot(
                 threads=config.threads,
                 memory_limit=config.memory_limit,
                 temp_dir=work / ".spill",
+                database=work / ".work.duckdb",
             ) as db:
                 card = _Builder(db, config, work, say).run()
         except StoreError as exc:
@@ -234,6 +235,8 @@ def build_snapshot(
         except OSError as exc:
             raise BuildFailed(f"dataset build failed: {exc.strerror}: {exc.filename}") from exc
         shutil.rmtree(work / ".spill", ignore_errors=True)
+        for scratch in work.glob(".work.duckdb*"):
+            scratch.unlink()
         return _commit(config.datasets_dir, work, card)
     finally:
         if work.exists():

@@ -558,15 +558,28 @@ _DATADOG_SECTION = regex.compile(
 )
 
 
+# a name/value pair's name line (Kubernetes env, CI variables): `- name: DATADOG_APP_KEY`
+_DATADOG_ENTRY = regex.compile(
+    r"[ \t]*-?[ \t]*(?:name|key)[ \t]*:[ \t]*[\"']?[\w.\-]*"
+    r"(?:datadog|(?<![A-Za-z])dd[_.\-]?(?:api|app|application|client))[\w.\-]*[\"']?[ \t]*\r?",
+    regex.IGNORECASE,
+)
+_VALUE_KEY = regex.compile(r"[ \t]*-?[ \t]*value[ \t]*:", regex.IGNORECASE)
+
+
 def datadog_context(value: str, match: regex.Match[str]) -> bool:
-    """Hex named for Datadog on its own line (`DD_API_KEY=...`), or under a `datadog:`
-    section on the line above. A hash a few lines below a Datadog key is just a hash."""
+    """Hex named for Datadog on its own line (`DD_API_KEY=...`), under a `datadog:`
+    section on the line above, or the `value:` of a pair whose `name:` line above names
+    Datadog. A hash a few lines below a Datadog key is just a hash."""
     text, start = match.string, match.start("value")
     line_start = text.rfind("\n", 0, start) + 1
     named = _DATADOG_NAME.search(text, line_start, start)
     if not named and line_start > 0:
         previous = text.rfind("\n", 0, line_start - 1) + 1
-        named = _DATADOG_SECTION.fullmatch(text, previous, line_start - 1)
+        named = _DATADOG_SECTION.fullmatch(text, previous, line_start - 1) or (
+            _VALUE_KEY.match(text, line_start, start)
+            and _DATADOG_ENTRY.fullmatch(text, previous, line_start - 1)
+        )
     return bool(named) and mixed_hex(value, match)
 
 

@@ -102,6 +102,12 @@ def datadog_app_key(r: random.Random):
     return f'props.setProperty("dd.app.key", "{s}");\n', s, "src/Config.java"
 
 
+def datadog_k8s_env(r: random.Random):
+    s = chars(r, 40, HEX)
+    text = f"        env:\n          - name: DATADOG_APP_KEY\n            value: {s}\n"
+    return text, s, "deploy/web.yaml"
+
+
 def github_checksummed(r: random.Random):
     s = checksummed(r, "ghs_")
     return f"TOKEN = '{s}'\n", s, "src/gh.py"
@@ -122,6 +128,7 @@ NEW_SECRETS = [
     pytest.param(vault_legacy_token, "VAULT_TOKEN", id="vault-legacy-near-vault"),
     pytest.param(datadog_api_key, "DATADOG_KEY", id="datadog-api-key"),
     pytest.param(datadog_app_key, "DATADOG_KEY", id="datadog-app-key-dotted-name"),
+    pytest.param(datadog_k8s_env, "DATADOG_KEY", id="datadog-k8s-name-value-pair"),
     pytest.param(github_checksummed, "GITHUB_TOKEN", id="github-checksummed"),
 ]
 

@@ -349,6 +349,8 @@ class _Builder:
                 prompt_template, coalesce(client_name, '') AS client_name, completion,
                 fid, _row,
                 CASE WHEN source IN ('continue', 'openai') THEN substr(prefix, -64) END AS tail64,
+                CASE WHEN source IN ('continue', 'openai')
+                    THEN hash(prefix, coalesce(suffix, '')) END AS text_hash,
                 CASE WHEN cardinality(redaction_counts) > 0 THEN
                     (length({text}) - length(regexp_replace({text}, '{_PLACEHOLDER_RE}', '',
                     'g')))::DOUBLE / greatest(length({text}), 1)
@@ -378,7 +380,8 @@ class _Builder:
             SELECT c.tenant, c.suggestion_id AS alias_id, c.fid AS a_file, c._row AS a_row,
                 arg_max(s.fid, (s.created_at, s.suggestion_id)) AS t_file,
                 arg_max(s._row, (s.created_at, s.suggestion_id)) AS t_row,
-                arg_max(s.prompt_template, (s.created_at, s.suggestion_id)) AS template
+                arg_max(s.prompt_template, (s.created_at, s.suggestion_id)) AS template,
+                arg_max(s.text_hash, (s.created_at, s.suggestion_id)) = c.text_hash AS same_text
             FROM b_sugg c JOIN b_sugg s
               ON s.tenant = c.tenant AND s.user_hash = c.user_hash
              AND s.completion = c.completion AND s.tail64 = c.tail64
@@ -386,28 +389,19 @@ class _Builder:
              AND s.created_at <= c.created_at
              AND s.created_at >= c.created_at - to_microseconds({int(self.longest * 1e6)})
             WHERE c.source = 'continue' AND c.prompt_template IS NULL
-            GROUP BY c.tenant, c.suggestion_id, c.fid, c._row
+            GROUP BY c.tenant, c.suggestion_id, c.fid, c._row, c.text_hash
             """,
+            # Same prompt: a 64-bit hash of prefix and suffix (taken while reading them anyway).
             """
             CREATE TABLE b_twin AS
-            WITH texts AS (
-                SELECT r.fid, r._row, r.prefix, coalesce(r.suffix, '') AS suffix
-                FROM b_raw r SEMI JOIN (
-                    SELECT a_file AS f, a_row AS w FROM b_twin_cand
-                    UNION ALL SELECT t_file, t_row FROM b_twin_cand
-                ) k ON r.fid = k.f AND r._row = k.w
-            )
-            SELECT c.tenant, c.alias_id, c.template
-            FROM b_twin_cand c
-            JOIN texts a ON a.fid = c.a_file AND a._row = c.a_row
-            JOIN texts t ON t.fid = c.t_file AND t._row = c.t_row
-            WHERE a.prefix = t.prefix AND a.suffix = t.suffix
+            SELECT tenant, alias_id, template FROM b_twin_cand WHERE same_text
             """,
             """
             UPDATE b_sugg SET prompt_template = t.template FROM b_twin t
             WHERE b_sugg.tenant = t.tenant AND b_sugg.suggestion_id = t.alias_id
             """,
             "ALTER TABLE b_sugg DROP COLUMN tail64",
+            "ALTER TABLE b_sugg DROP COLUMN text_hash",
         )
 
     # -- 2. events and requests ---------------------------------------------------------------

@@ -409,7 +409,8 @@ print(json.dumps({{"seconds": time.perf_counter() - begin, "id": snap.id,
                   "counts": snap.card["counts"], "outcomes": snap.card["outcomes"],
                   "exclusions": snap.card["exclusions"],
                   "considered": snap.card["suggestions_considered"],
-                  "evidence": snap.card["evidence"], "methods": snap.card["inference_methods"]}}))
+                  "evidence": snap.card["evidence"], "methods": snap.card["inference_methods"],
+                  "timings": snap.card["timings_s"]}}))
 """
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -463,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"outcomes {result['outcomes']}")
         print(f"exclusions {result['exclusions']}")
         print(f"evidence {result['evidence']}  inference methods {result['methods']}")
+        print("stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result["timings"].items()))
         seconds, peak = result["seconds"], result["peak_bytes"]
         print(
             f"build: {seconds:.1f} s (target {TARGET_S:.0f} s, ratio {seconds / TARGET_S:.2f}); "

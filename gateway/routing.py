@@ -109,6 +109,8 @@ class ModelRouter:
                 return self.routing
             self._seen = stamp
             current = self.routing
+            wanted = {v.id for v in (active, canary) if v is not None}
+            self.errors = {k: v for k, v in self.errors.items() if k in wanted}
             new_active = await self._serveable(active)
             new_canary = await self._serveable(canary)
             since = _entered(canary, "canary") if canary and new_canary == canary.id else None

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         le=2.0,
         description="Penalty on tokens a choice already generated (tiny models loop; try 1.2).",
     )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for the embedded model's matrix work (process-wide); "
+        "default: half the cores. More threads than free cores makes small models slower: "
+        "they fight the event loop and the redaction workers for the same cores.",
+    )
     max_tokens_limit: int = Field(default=512, ge=1, description="Upper bound on max_tokens.")
     default_max_tokens: int = Field(default=64, ge=1, description="max_tokens when not given.")
     upstream_url: str | None = Field(

@@ -39,6 +39,7 @@ def _embedded(settings: Settings) -> ModelBackend:
         device=settings.device,
         max_context_tokens=settings.max_context_tokens,
         repetition_penalty=settings.repetition_penalty,
+        torch_threads=settings.torch_threads,
     )
 
 

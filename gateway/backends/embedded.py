@@ -212,6 +212,7 @@ class EmbeddedBackend(ModelBackend):
         device: str = "auto",
         max_context_tokens: int | None = None,
         repetition_penalty: float = 1.0,
+        torch_threads: int | None = None,
     ) -> None:
         if prompt_family != "auto" and prompt_family not in templates.FAMILIES:
             raise ValueError(f"prompt_family: unknown family {prompt_family!r}")
@@ -224,6 +225,9 @@ class EmbeddedBackend(ModelBackend):
             raise ValueError("max_context_tokens: must be at least 2")
         if repetition_penalty < 1.0:
             raise ValueError("repetition_penalty: must be >= 1.0")
+        if torch_threads is not None and torch_threads < 1:
+            raise ValueError("torch_threads: must be at least 1")
+        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 2) // 2)
         self.model_dir = Path(model_dir)
         self.model_name = model_name
         self.prompt_family = prompt_family
@@ -261,6 +265,7 @@ class EmbeddedBackend(ModelBackend):
         if self._loaded is not None:
             return
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-embedded")
+        torch.set_num_threads(self.torch_threads)  # process-wide; the gateway trains nothing
         try:
             loaded = await asyncio.get_running_loop().run_in_executor(executor, self._load)
         except BaseException:

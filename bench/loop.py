@@ -32,6 +32,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# The script's own directory holds bench/datasets.py, which would shadow the datasets package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from gateway.cli_loop import DemoOptions, _free_port, _Gateway, _operator_token, run_demo  # noqa: E402

@@ -565,7 +565,10 @@ g AS (
         CASE WHEN rest_s = '' THEN span
              WHEN clean THEN substr(span_r, 1, length(span_r) - length(rest_s))
              ELSE span END AS text,
-        ended AND (cur <= st OR cur > st + length(span)) AS complete
+        ended AND (cur <= st OR cur > st + length(span)) AS complete,
+        -- Only for the rows that need it: DuckDB evaluates an expression that occurs twice
+        -- below for every row, CASE or not.
+        CASE WHEN pos = 0 THEN gm_squeeze(o) END AS o_squeezed
     FROM f),
 h AS (
     SELECT *, CASE WHEN clean THEN inserted ELSE inserted || rest END AS compare_from,
@@ -585,13 +588,13 @@ SELECT {key_list}, pos > 0 AS found, coalesce(complete, false) AS complete,
     -- A fuzzy anchor needs its key lines, whitespace removed, somewhere in the later text;
     -- a move needs the inserted text there. Rows with neither never reach Python.
     CASE WHEN pos = 0 THEN (
-        instr(gm_squeeze(o), gm_squeeze(array_to_string(list_slice(list_filter(
+        instr(o_squeezed, gm_squeeze(array_to_string(list_slice(list_filter(
             list_transform(list_slice(string_split(prefix_tail, {nl}),
                 CASE WHEN length(prefix_tail) > {params.prefix_tail_chars} THEN 2 ELSE 1 END,
                 -2), lambda t: gm_norm(t)), lambda t: t <> ''),
             -{params.fuzzy_anchor_lines}, -1), ''))) > 0
         OR (accepted AND gm_nonblank(inserted) >= {params.moved_min_chars}
-            AND instr(gm_squeeze(o), gm_squeeze(inserted)) > 0)) ELSE false END
+            AND instr(o_squeezed, gm_squeeze(inserted)) > 0)) ELSE false END
         AS fuzzy_possible,
     CASE WHEN pos = 0 THEN prefix_tail END AS prefix_tail,
     CASE WHEN pos = 0 THEN suffix_head END AS suffix_head,

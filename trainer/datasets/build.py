@@ -117,7 +117,7 @@ PROMPT_SHIFT_PATTERN = r"[ \t\r\n\f\v]*[A-Za-z0-9_]*$"
 _SHIFT_RE = re.compile(PROMPT_SHIFT_PATTERN.removesuffix("$") + r"\Z")
 _PLACEHOLDER_RE = r"<[A-Z][A-Z0-9_]*(?:_[0-9]+|:[0-9a-f]+)>"
 # Contexts whose prompts are rendered at once while writing (about 1.5 KB each).
-_PROMPT_SLICE = 200_000
+_PROMPT_SLICE = 50_000
 _OUTCOME_STATUSES = (
     "accepted_kept",
     "accepted_unobserved",

@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from gateway.cli_common import ConfigOpt, DataDirOpt
+from gateway.cli_common import fail as _fail
+from gateway.cli_common import settings_from as _settings
 from gateway.cli_datasets import datasets_app
 from gateway.cli_loop import demo_cmd, loop_app
 from gateway.cli_policy import audit_app, policy_app
@@ -31,33 +34,6 @@ app.add_typer(models_app, name="models")
 app.command("train")(train_cmd)
 app.add_typer(loop_app, name="loop")
 app.command("demo")(demo_cmd)
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML settings file (GRISTMILL_CONFIG).")
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (GRISTMILL_DATA_DIR).")
-]
-
-
-def _settings(
-    config: Path | None = None, data_dir: Path | None = None, **overrides: object
-) -> Settings:
-    kwargs: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
-    if config is not None:
-        kwargs["config_file"] = config
-    if data_dir is not None:
-        kwargs["data_dir"] = data_dir
-    try:
-        return Settings(**kwargs)  # type: ignore[arg-type]
-    except Exception as exc:  # pydantic ValidationError or a missing config file
-        _fail(f"invalid settings: {exc}")
-        raise  # unreachable
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"gristmill: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _token_store(settings: Settings):

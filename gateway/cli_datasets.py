@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway.cli_common import ConfigOpt, DataDirOpt
+from gateway.cli_common import fail as _fail
+from gateway.cli_common import settings_from as _settings
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,12 +24,6 @@ datasets_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML settings file (GRISTMILL_CONFIG).")
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (GRISTMILL_DATA_DIR).")
-]
 
 _CONTEXT_KEY_LABEL = b"gristmill datasets context-hash v1"
 
@@ -84,24 +81,6 @@ def build_config(
         threads=threads,
         memory_limit=memory_limit,
     )
-
-
-def _settings(config: Path | None, data_dir: Path | None) -> Settings:
-    kwargs: dict[str, object] = {}
-    if config is not None:
-        kwargs["config_file"] = config
-    if data_dir is not None:
-        kwargs["data_dir"] = data_dir
-    try:
-        return Settings(**kwargs)  # type: ignore[arg-type]
-    except Exception as exc:  # pydantic ValidationError or a missing config file
-        _fail(f"invalid settings: {exc}")
-        raise  # unreachable
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"gristmill: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @datasets_app.command("build")

@@ -29,6 +29,9 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.cli_common import DataDirOpt
+from gateway.cli_common import fail as _fail
+from gateway.cli_common import settings_from as _settings
 from gateway.cli_train import _actor, _load_run_yaml, registry_dir, write_audit
 from gateway.settings import Settings
 
@@ -40,32 +43,11 @@ loop_app = typer.Typer(
 SettingsOpt = Annotated[
     Path | None, typer.Option("--settings", help="Gateway settings YAML (GRISTMILL_CONFIG).")
 ]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (GRISTMILL_DATA_DIR).")
-]
 
 DEMO_TENANT = "demo"
 HOLDOUT_TENANT = "demo-holdout"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _settings(config: Path | None, data_dir: Path | None, **overrides: Any) -> Settings:
-    kwargs: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
-    if config is not None:
-        kwargs["config_file"] = config
-    if data_dir is not None:
-        kwargs["data_dir"] = data_dir
-    try:
-        return Settings(**kwargs)  # type: ignore[arg-type]
-    except Exception as exc:  # pydantic ValidationError or a missing config file
-        _fail(f"invalid settings: {exc}")
-        raise  # unreachable
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"gristmill: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def parse_duration(value: str, name: str) -> float:

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from gateway.cli_common import ConfigOpt, DataDirOpt
+from gateway.cli_common import fail as _fail
+from gateway.cli_common import settings_from as _settings
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -25,30 +28,7 @@ policy_app = typer.Typer(
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML settings file (GRISTMILL_CONFIG).")
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (GRISTMILL_DATA_DIR).")
-]
 PolicyFileArg = Annotated[Path, typer.Argument(help="Policy YAML file.")]
-
-
-def _settings(config: Path | None, data_dir: Path | None) -> Settings:
-    kwargs: dict[str, object] = {}
-    if config is not None:
-        kwargs["config_file"] = config
-    if data_dir is not None:
-        kwargs["data_dir"] = data_dir
-    try:
-        return Settings(**kwargs)  # type: ignore[arg-type]
-    except Exception as exc:  # pydantic ValidationError or a missing config file
-        _fail(f"invalid settings: {exc}")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"gristmill: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _report_policy_error(source: Path | str, exc: PolicyError) -> NoReturn:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.errors import BackendUnavailable
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -95,12 +97,13 @@ class ModelBackend(ABC):
         return []
 
     async def load_adapter(self, name: str, path: Path) -> None:
-        """Load a PEFT LoRA adapter directory as ``name`` without a restart (idempotent)."""
-        raise NotImplementedError(f"the {self.name} backend cannot serve adapters")
+        """Load a PEFT LoRA adapter directory as ``name`` without a restart (idempotent).
+        Backends without adapter support (``supports_adapters`` False) refuse."""
+        raise BackendUnavailable(f"the {self.name} backend cannot serve LoRA adapters")
 
     async def unload_adapter(self, name: str) -> None:
         """Drop adapter ``name``; requests naming it afterwards fail (idempotent)."""
-        raise NotImplementedError(f"the {self.name} backend cannot serve adapters")
+        raise BackendUnavailable(f"the {self.name} backend cannot serve LoRA adapters")
 
     @property
     @abstractmethod

@@ -237,16 +237,23 @@ def promote_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Promote a version one step and record it in the audit log."""
+    _change(
+        config,
+        data_dir,
+        lambda r: r.promote(version, actor=_actor(actor), force=force, reason=reason),
+    )
+
+
+def _change(config: Path | None, data_dir: Path | None, change: Any) -> None:
+    """Applies one registry state change, writes its event to the audit log and prints it;
+    a refused change exits 1 with the registry's message."""
     from trainer.errors import TrainerError
 
     settings = _settings(config, data_dir)
     try:
-        event = _registry(settings).promote(
-            version, actor=_actor(actor), force=force, reason=reason
-        )
+        event = change(_registry(settings))
     except TrainerError as exc:
         _fail(str(exc), code=1)
-        return
     write_audit(settings, event)
     typer.echo(json.dumps(event))
 
@@ -259,16 +266,7 @@ def rollback_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Retire the active version and restore the previous one (or the base model)."""
-    from trainer.errors import TrainerError
-
-    settings = _settings(config, data_dir)
-    try:
-        event = _registry(settings).rollback(actor=_actor(actor), reason=reason)
-    except TrainerError as exc:
-        _fail(str(exc), code=1)
-        return
-    write_audit(settings, event)
-    typer.echo(json.dumps(event))
+    _change(config, data_dir, lambda r: r.rollback(actor=_actor(actor), reason=reason))
 
 
 @models_app.command("retire")
@@ -280,13 +278,4 @@ def retire_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Retire a candidate or abort a canary."""
-    from trainer.errors import TrainerError
-
-    settings = _settings(config, data_dir)
-    try:
-        event = _registry(settings).retire(version, actor=_actor(actor), reason=reason)
-    except TrainerError as exc:
-        _fail(str(exc), code=1)
-        return
-    write_audit(settings, event)
-    typer.echo(json.dumps(event))
+    _change(config, data_dir, lambda r: r.retire(version, actor=_actor(actor), reason=reason))

@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -347,7 +348,7 @@ class _Builder:
             SELECT tenant, suggestion_id, request_id, user_hash, repo, source, language,
                 file_path, choice_index, model_version, policy_version, created_at,
                 prompt_template, coalesce(client_name, '') AS client_name, completion,
-                fid, _row,
+                fid, _row, fid::BIGINT * 4294967296 + _row AS sk,
                 CASE WHEN source IN ('continue', 'openai') THEN substr(prefix, -64) END AS tail64,
                 CASE WHEN source IN ('continue', 'openai')
                     THEN hash(prefix, coalesce(suffix, '')) END AS text_hash,
@@ -414,14 +415,14 @@ class _Builder:
             f"""
             CREATE TABLE b_facts AS
             WITH ev AS (
-                SELECT e.tenant, e.suggestion_id, e.type, e.ts, e.event_id, e.accept_kind,
+                SELECT s.sk, e.type, e.ts, e.event_id, e.accept_kind,
                     e.accepted_text, e.final_text, e.elapsed_ms, e.window_s, e.source,
                     epoch_us(e.ts) - epoch_us(s.created_at) AS since_created_us
                 FROM raw_events e JOIN b_sugg s
                   ON s.tenant = e.tenant AND s.suggestion_id = e.suggestion_id
                 WHERE e.ts < {self.until}
             )
-            SELECT tenant, suggestion_id,
+            SELECT sk,
                 bool_or(type = 'shown') AS shown,
                 min(ts) FILTER (WHERE type = 'shown') AS shown_at,
                 bool_or(type = 'shown' AND source IN ('native', 'tabby')) AS shown_timed,
@@ -447,11 +448,13 @@ class _Builder:
                 max(since_created_us / 1e6) FILTER (
                     WHERE type = 'edited' AND final_text IS NOT NULL
                     AND since_created_us <= {longest_us}) AS edited_s
-            FROM ev GROUP BY tenant, suggestion_id
+            FROM ev GROUP BY sk
             """,
         )
-        # Requests per file in time order; okey is unique per file stream (ties broken by
-        # request id), which keeps the ASOF joins below deterministic.
+        # Requests per file in time order; okey is unique per file stream (ties broken by a
+        # hash of the request id), which keeps the ASOF joins below deterministic. A file
+        # stream (tenant, user, file) is keyed by a 64-bit hash: two streams would have to
+        # collide (about 1 in 2**64 per pair) to see each other's requests.
         self.step(
             "requests",
             """
@@ -463,23 +466,27 @@ class _Builder:
                     arg_min(s._row, (s.choice_index, s.suggestion_id)) AS rep_row,
                     min(s.source) AS source,
                     bool_or(coalesce(f.accepted, false)) AS edit_accepted
-                FROM b_sugg s LEFT JOIN b_facts f USING (tenant, suggestion_id)
+                FROM b_sugg s LEFT JOIN b_facts f ON f.sk = s.sk
                 WHERE s.file_path IS NOT NULL AND s.source <> 'chat'
                 GROUP BY s.tenant, s.request_id
             )
             SELECT *,
                 epoch_us(created_at) * 1024 + (row_number() OVER (
-                    PARTITION BY tenant, user_hash, file_path, created_at ORDER BY request_id
+                    PARTITION BY stream, created_at ORDER BY request_hash
                 ) - 1) AS okey,
                 (epoch_us(lead(created_at) OVER (
-                    PARTITION BY tenant, user_hash, file_path ORDER BY created_at, request_id
+                    PARTITION BY stream ORDER BY created_at, request_hash
                 )) - epoch_us(created_at)) / 1000.0 AS gap_ms
-            FROM r
+            FROM (
+                SELECT *, hash(tenant, user_hash, file_path) AS stream,
+                    hash(request_id) AS request_hash
+                FROM r
+            )
             """,
             """
             CREATE TABLE b_tclients AS
             SELECT DISTINCT s.tenant, s.user_hash, s.client_name
-            FROM b_sugg s SEMI JOIN b_facts f USING (tenant, suggestion_id)
+            FROM b_sugg s SEMI JOIN b_facts f ON f.sk = s.sk
             """,
         )
 
@@ -507,8 +514,8 @@ class _Builder:
             SELECT s.tenant, s.suggestion_id, s.request_id, s.user_hash, s.repo, s.source,
                 coalesce(s.language, 'unknown') AS language, s.file_path, s.choice_index,
                 s.model_version, s.policy_version, s.created_at, s.prompt_template,
-                s.completion, s.fid, s._row,
-                f.suggestion_id IS NOT NULL AS has_events,
+                s.completion, s.fid, s._row, s.sk,
+                f.sk IS NOT NULL AS has_events,
                 coalesce(f.shown, false) AS shown,
                 coalesce(f.accepted, false) AS accepted,
                 coalesce(f.rejected, false) AS rejected,
@@ -533,10 +540,10 @@ class _Builder:
                     WHEN s.redacted_share > {self.doc.exclusions.max_redacted_share}
                         THEN 'redacted_share'
                     WHEN gm_nonblank(s.completion) = 0 THEN 'empty_completion'
-                    WHEN f.suggestion_id IS NULL AND tc.tenant IS NOT NULL THEN 'not_shown'
+                    WHEN f.sk IS NULL AND tc.tenant IS NOT NULL THEN 'not_shown'
                 END AS pre_excluded
             FROM b_sugg s
-            LEFT JOIN b_facts f USING (tenant, suggestion_id)
+            LEFT JOIN b_facts f ON f.sk = s.sk
             LEFT JOIN b_req r ON r.tenant = s.tenant AND r.request_id = s.request_id
             LEFT JOIN b_tclients tc ON tc.tenant = s.tenant AND tc.user_hash = s.user_hash
                 AND tc.client_name = s.client_name
@@ -554,7 +561,7 @@ class _Builder:
         inference = self.doc.inference
         params = inference.match_params()
         evidence = """
-            CREATE TABLE b_evidence (tenant VARCHAR, suggestion_id VARCHAR, okey BIGINT,
+            CREATE TABLE b_evidence (sk BIGINT, okey BIGINT,
                 obs_at TIMESTAMPTZ, found BOOLEAN, complete BOOLEAN, method VARCHAR,
                 text VARCHAR, compare_from VARCHAR, compare_to VARCHAR, clean BOOLEAN,
                 moved_found BOOLEAN, similarity DOUBLE)
@@ -566,7 +573,7 @@ class _Builder:
             evidence,
             f"""
             CREATE TABLE b_cand AS
-            SELECT tenant, suggestion_id, request_id, user_hash, file_path, after_ts, accepted,
+            SELECT sk, hash(tenant, user_hash, file_path) AS stream, after_ts, accepted,
                 inserted, fid, _row, epoch_us(after_ts) * 1024 + 1023 AS floor_key
             FROM b_state
             WHERE pre_excluded IS NULL AND file_path IS NOT NULL AND {enabled}
@@ -578,7 +585,7 @@ class _Builder:
             # only the candidates' rows are cut).
             f"""
             CREATE TABLE b_ctext AS
-            SELECT c.tenant, c.suggestion_id, c.accepted, c.inserted,
+            SELECT c.sk, c.accepted, c.inserted,
                 substr(p.prefix, -{params.prefix_tail_chars + 1}) AS prefix,
                 substr(p.suffix, 1, {params.suffix_head_chars}) AS suffix
             FROM b_cand c JOIN b_raw p ON p.fid = c.fid AND p._row = c._row
@@ -591,7 +598,7 @@ class _Builder:
         # unresolved candidates is matched at once and the first resolved round counts.
         windows = sorted(self.doc.survival.windows_s, reverse=True)
         obs_columns = """
-            p.tenant, p.suggestion_id, r.okey, r.created_at AS obs_at, r.rep_file, r.rep_row,
+            p.sk, r.okey, r.created_at AS obs_at, r.rep_file, r.rep_row,
             r.source AS obs_source, r.edit_accepted, r.okey - 1 AS next_bound
         """
 
@@ -602,8 +609,7 @@ class _Builder:
             )
 
         asof = """
-            ASOF JOIN b_req r ON p.tenant = r.tenant AND p.user_hash = r.user_hash
-             AND p.file_path = r.file_path AND {bound} >= r.okey
+            ASOF JOIN b_req r ON p.stream = r.stream AND {bound} >= r.okey
             WHERE r.okey > p.floor_key
         """
         started = time.perf_counter()
@@ -616,7 +622,7 @@ class _Builder:
         self._match("b_obs", "b_match", params)
         resolved = "(found AND complete) OR moved_found"
         self.db.execute(
-            f"INSERT INTO b_evidence SELECT tenant, suggestion_id, okey, obs_at, found, "
+            f"INSERT INTO b_evidence SELECT sk, okey, obs_at, found, "
             f"complete, method, text, compare_from, compare_to, clean, moved_found, "
             f"similarity FROM b_match WHERE {resolved}"
         )
@@ -630,7 +636,7 @@ class _Builder:
             f"""
             CREATE TABLE b_chain AS
             SELECT o.* FROM b_obs o SEMI JOIN b_match m
-              ON m.tenant = o.tenant AND m.suggestion_id = o.suggestion_id
+              ON m.sk = o.sk
              AND NOT ({resolved})
             """
         )
@@ -642,7 +648,7 @@ class _Builder:
                 f"""
                 CREATE OR REPLACE TABLE b_chain AS SELECT {index} AS round, {obs_columns}
                 FROM (SELECT c.next_bound, d.* FROM b_chain c JOIN b_cand d
-                      ON d.tenant = c.tenant AND d.suggestion_id = c.suggestion_id) p
+                      ON d.sk = c.sk) p
                 {asof.format(bound=bound(window, "p.next_bound"))}
                 """
             )
@@ -650,10 +656,10 @@ class _Builder:
         self._match("b_obs", "b_match", params)
         self.db.execute(
             f"""
-            INSERT INTO b_evidence SELECT tenant, suggestion_id, okey, obs_at, found, complete,
+            INSERT INTO b_evidence SELECT sk, okey, obs_at, found, complete,
                 method, text, compare_from, compare_to, clean, moved_found, similarity
             FROM b_match m WHERE {resolved}
-            QUALIFY row_number() OVER (PARTITION BY tenant, suggestion_id ORDER BY round) = 1
+            QUALIFY row_number() OVER (PARTITION BY sk ORDER BY round) = 1
             """
         )
         self.timings["inference_later_windows"] = round(time.perf_counter() - started, 3)
@@ -662,7 +668,7 @@ class _Builder:
     def _match(self, obs: str, out: str, params: MatchParams) -> None:
         """Match each observation of ``obs`` against its candidate (see feedback_queries)."""
         source = f"""
-            SELECT o.tenant, o.suggestion_id, o.round, o.okey, o.obs_at, c.accepted,
+            SELECT o.sk, o.round, o.okey, o.obs_at, c.accepted,
                 c.inserted, c.prefix, c.suffix,
                 CASE WHEN o.obs_source = 'continue_edit' THEN ''
                      WHEN q.source = 'continue_edit' THEN q.prefix
@@ -674,12 +680,11 @@ class _Builder:
                      WHEN q.source = 'continue_edit' THEN q.prefix
                      ELSE substr(q.prefix, -{params.later_prefix_chars}) END AS later_suffix
             FROM {obs} o
-            JOIN b_ctext c ON c.tenant = o.tenant AND c.suggestion_id = o.suggestion_id
+            JOIN b_ctext c ON c.sk = o.sk
             JOIN b_raw q ON q.fid = o.rep_file AND q._row = o.rep_row
         """
         keys = [
-            ("tenant", "VARCHAR"),
-            ("suggestion_id", "VARCHAR"),
+            ("sk", "BIGINT"),
             ("round", "INTEGER"),
             ("okey", "BIGINT"),
             ("obs_at", "TIMESTAMPTZ"),
@@ -701,7 +706,7 @@ class _Builder:
                     ev.clean AS obs_clean, ev.similarity AS obs_sim,
                     coalesce(ev.found AND ev.complete, false) AS obs_ok,
                     coalesce(ev.moved_found, false) AS moved
-                FROM b_state st LEFT JOIN b_evidence ev USING (tenant, suggestion_id)
+                FROM b_state st LEFT JOIN b_evidence ev ON ev.sk = st.sk
             ),
             k AS (
                 SELECT *, CASE
@@ -775,7 +780,10 @@ class _Builder:
             f"CASE WHEN status = 'inferred_kept' THEN 1.0 WHEN {taken} THEN fraction ELSE 0.0 END"
         )
         reward = rules.reward_sql(f"CASE WHEN {taken} THEN 1 ELSE 0 END", fraction, survival)
-        common = "evidence, evidence_sim AS similarity, evidence_elapsed_s AS elapsed_s"
+        common = (
+            "evidence, evidence_sim AS similarity, evidence_elapsed_s AS elapsed_s, "
+            "language, model_version, policy_version"
+        )
         edited_pair = (
             "status IN ('accepted_kept', 'accepted_edited') AND evidence_clean "
             "AND gm_nonblank(evidence_text) > 0 AND gm_norm(evidence_text) <> gm_norm(inserted)"
@@ -827,7 +835,8 @@ class _Builder:
             UNION ALL
             SELECT 'pairs', a.tenant, a.suggestion_id, b.suggestion_id, a.request_id,
                 'choice_over_others', NULL, a.wanted_text, b.completion, NULL, NULL, 1.0,
-                a.evidence, a.evidence_sim, a.evidence_elapsed_s
+                a.evidence, a.evidence_sim, a.evidence_elapsed_s, a.language, a.model_version,
+                a.policy_version
             FROM w a
             JOIN accepted_per_request n ON n.tenant = a.tenant AND n.request_id = a.request_id
             JOIN b_out b ON b.tenant = a.tenant AND b.request_id = a.request_id
@@ -931,28 +940,39 @@ class _Builder:
             FROM b_ctx WHERE split IS NOT NULL
             """,
             # Kept contexts have distinct context hashes, so crank stands for the hash here.
+            # Dedup and numbering run on a narrow table of integers (the row's rowid, its
+            # context rank and a 64-bit hash of its content); only then are the wide rows
+            # gathered, once, in file order: set, split, row. Two different rows of one set
+            # and context with colliding content hashes (about 1 in 2**64) would lose one.
             f"""
-            CREATE TABLE b_final AS
-            WITH joined AS (
-                SELECT r.*, c.context_hash, c.split, c.shift, c.created_at AS ctx_created,
-                    c.crank, CASE r."set" {set_order} END AS set_index,
-                    s.language, s.model_version, s.policy_version
+            CREATE TABLE b_order AS
+            WITH j AS (
+                SELECT r.rowid AS rid, c.crank, c.split, CASE r."set" {set_order} END
+                    AS set_index,
+                    hash(r.completion, r.chosen, r.rejected, r.label) AS content,
+                    r.suggestion_id, r.rule, coalesce(r.other_id, '') AS other
                 FROM b_rows r JOIN b_kctx c USING (tenant, request_id)
-                JOIN b_out s ON s.tenant = r.tenant AND s.suggestion_id = r.suggestion_id
             ),
             deduped AS (
-                SELECT * FROM joined
+                SELECT * FROM j
                 QUALIFY row_number() OVER (
-                    PARTITION BY set_index, crank, coalesce(completion, ''),
-                        coalesce(chosen, ''), coalesce(rejected, ''), coalesce(label, false)
-                    ORDER BY suggestion_id, rule, coalesce(other_id, '')) = 1
+                    PARTITION BY set_index, crank, content
+                    ORDER BY suggestion_id, rule, other) = 1
             )
-            SELECT *, row_number() OVER (
-                PARTITION BY set_index, split
-                ORDER BY crank, suggestion_id, rule, coalesce(other_id, '')) - 1 AS ord
+            SELECT rid, crank, split, set_index, row_number() OVER (
+                PARTITION BY set_index, split ORDER BY crank, suggestion_id, rule, other) - 1
+                AS ord
             FROM deduped
-            ORDER BY crank, set_index, ord
             """,
+            """
+            CREATE TABLE b_final AS
+            SELECT r.*, c.context_hash, c.split, c.shift, c.created_at AS ctx_created,
+                o.crank, o.set_index, o.ord
+            FROM b_order o JOIN b_rows r ON r.rowid = o.rid
+            JOIN b_kctx c ON c.crank = o.crank
+            ORDER BY o.set_index, o.split DESC, o.ord
+            """,
+            "DROP TABLE b_order",
         )
 
     # -- 7. files -----------------------------------------------------------------------------
@@ -1024,16 +1044,25 @@ class _Builder:
         return files
 
     def _write_lineage(self, lineage: _SetWriter) -> None:
+        # b_final was created in this order (set, split, row) and DuckDB keeps insertion order
+        # for a plain scan, which saves sorting every lineage row again; the order is checked.
+        last = -1
         for batch in self.db.batches(
             """
             SELECT "set", split, ord AS "row", tenant, suggestion_id,
                 other_id AS other_suggestion_id, request_id, rule, weight, context_hash,
                 ctx_created AS created_at, language, model_version, policy_version,
-                evidence, similarity, elapsed_s
-            FROM b_final ORDER BY set_index, split DESC, ord
+                evidence, similarity, elapsed_s,
+                (set_index * 2 + (split = 'eval')::INTEGER) * (1::BIGINT << 40) + ord AS _key
+            FROM b_final
             """
         ):
-            lineage.write(pa.Table.from_batches([batch]).cast(LINEAGE_SCHEMA))
+            table = pa.Table.from_batches([batch])
+            keys = table.column("_key").to_numpy()
+            if len(keys) and (keys[0] <= last or (np.diff(keys) <= 0).any()):
+                raise BuildFailed("lineage rows came out of order")
+            last = int(keys[-1]) if len(keys) else last
+            lineage.write(table.drop_columns(["_key"]).cast(LINEAGE_SCHEMA))
 
     def _prompts(self, low: int, high: int) -> pa.Array:
         """The training prompts of contexts low..high-1 (by crank), in that order."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
@@ -412,14 +413,17 @@ print(json.dumps({{"seconds": time.perf_counter() - begin, "id": snap.id,
                   "evidence": snap.card["evidence"], "methods": snap.card["inference_methods"],
                   "timings": snap.card["timings_s"]}}))
 """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kb = usage.ru_maxrss
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"build failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["peak_bytes"] = max(peak_kb, before) * 1024
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime - cpu_before
     return result
 
 
@@ -470,6 +474,12 @@ def main(argv: list[str] | None = None) -> None:
             f"build: {seconds:.1f} s (target {TARGET_S:.0f} s, ratio {seconds / TARGET_S:.2f}); "
             f"peak RSS {peak / 1024**3:.2f} GB (target 4 GB, ratio {peak / TARGET_BYTES:.2f}); "
             f"{counts['events']:,} events, {args.threads} threads"
+        )
+        load = os.getloadavg()[0]
+        print(
+            f"CPU: {result['cpu_seconds']:.0f} s over {seconds:.0f} s "
+            f"({result['cpu_seconds'] / seconds:.2f} cores busy); load average {load:.1f} "
+            "(other processes on these cores slow the build down)"
         )
     finally:
         if args.keep:

@@ -608,7 +608,7 @@ FROM h
 
 def match_later_requests(
     db: FeedbackDB,
-    source_sql: str,
+    source_sql: str | Sequence[tuple[str, dict[str, Any] | None]],
     keys: Sequence[tuple[str, str]],
     out_table: str,
     params: MatchParams,
@@ -622,14 +622,22 @@ def match_later_requests(
     ``inserted``, ``later_prefix``, ``later_suffix`` (of the later one) and ``accepted``; they are
     cut to the windows of ``params`` in SQL. Rows whose exact anchor is missing go through
     ``match_later_text`` in Python; the rest never leave DuckDB's vectorized string functions.
+    ``source_sql`` may also be a sequence of (sql, parameters) chunks, matched one after the
+    other into the same table (joins of a few hundred thousand texts stay in memory).
     """
+    sources = [(source_sql, None)] if isinstance(source_sql, str) else list(source_sql)
     key_names = [name for name, _ in keys]
     definition = ", ".join(
         [f"{name} {sql_type}" for name, sql_type in keys]
         + [f"{name} {_DUCK_TYPES[dtype]}" for name, dtype in _MATCH_COLUMNS]
     )
     db.execute(f"CREATE TABLE {out_table}_raw ({definition})")
-    for batch in db.batches(_exact_sql(source_sql, key_names, params)):
+    batches = (
+        batch
+        for sql, sql_params in sources
+        for batch in db.batches(_exact_sql(sql, key_names, params), sql_params)
+    )
+    for batch in batches:
         table = pa.Table.from_batches([batch])
         found = table.column("found")
         possible = table.column("fuzzy_possible")

@@ -119,6 +119,8 @@ _SHIFT_RE = re.compile(PROMPT_SHIFT_PATTERN.removesuffix("$") + r"\Z")
 _PLACEHOLDER_RE = r"<[A-Z][A-Z0-9_]*(?:_[0-9]+|:[0-9a-f]+)>"
 # Contexts whose prompts are rendered at once while writing (about 1.5 KB each).
 _PROMPT_SLICE = 50_000
+# Rows joined to their stored texts at once (see _Builder._file_chunks).
+_TEXT_CHUNK = 400_000
 _OUTCOME_STATUSES = (
     "accepted_kept",
     "accepted_unobserved",
@@ -581,16 +583,28 @@ class _Builder:
                        WHEN rejected OR shown THEN {self._visible_ok()}
                        ELSE {without} AND NOT telemetry_client AND {self._visible_ok()} END
             """,
-            # The candidates' own texts, cut once for every round (joined before cutting, so
-            # only the candidates' rows are cut).
-            f"""
-            CREATE TABLE b_ctext AS
-            SELECT c.sk, c.accepted, c.inserted,
-                substr(p.prefix, -{params.prefix_tail_chars + 1}) AS prefix,
-                substr(p.suffix, 1, {params.suffix_head_chars}) AS suffix
-            FROM b_cand c JOIN b_raw p ON p.fid = c.fid AND p._row = c._row
+            """
+            CREATE TABLE b_ctext (sk BIGINT, accepted BOOLEAN, inserted VARCHAR, prefix VARCHAR,
+                suffix VARCHAR)
             """,
         )
+        # The candidates' own texts, cut once for every round (joined before cutting, so
+        # only the candidates' rows are cut), a few store files at a time.
+        started = time.perf_counter()
+        for chunk in self._file_chunks("b_cand", "fid"):
+            self.db.execute(
+                f"""
+                INSERT INTO b_ctext
+                SELECT c.sk, c.accepted, c.inserted,
+                    substr(p.prefix, -{params.prefix_tail_chars + 1}) AS prefix,
+                    substr(p.suffix, 1, {params.suffix_head_chars}) AS suffix
+                FROM (SELECT * FROM b_cand WHERE fid BETWEEN $lo AND $hi) c
+                JOIN ({self._texts("$lo", "$hi")}) p ON p.fid = c.fid AND p._row = c._row
+                """,
+                chunk,
+            )
+        self.timings["candidate_texts"] = round(time.perf_counter() - started, 3)
+        self.say(f"candidate_texts: {self.timings['candidate_texts']:.1f} s")
         # The latest later request within each survival window, the longest first, until one
         # shows the insertion point completely (or the text moved). Each round looks before the
         # previous round's observation, so the observations of the shorter windows follow from
@@ -679,9 +693,9 @@ class _Builder:
                         THEN CASE WHEN q.source = 'continue_edit' THEN q.completion END
                      WHEN q.source = 'continue_edit' THEN q.prefix
                      ELSE substr(q.prefix, -{params.later_prefix_chars}) END AS later_suffix
-            FROM {obs} o
+            FROM (SELECT * FROM {obs} WHERE rep_file BETWEEN $lo AND $hi) o
             JOIN b_ctext c ON c.sk = o.sk
-            JOIN b_raw q ON q.fid = o.rep_file AND q._row = o.rep_row
+            JOIN ({self._texts("$lo", "$hi")}) q ON q.fid = o.rep_file AND q._row = o.rep_row
         """
         keys = [
             ("sk", "BIGINT"),
@@ -689,7 +703,38 @@ class _Builder:
             ("okey", "BIGINT"),
             ("obs_at", "TIMESTAMPTZ"),
         ]
-        match_later_requests(self.db, source, keys, out, params)
+        chunks = [(source, chunk) for chunk in self._file_chunks(obs, "rep_file")]
+        match_later_requests(self.db, chunks, keys, out, params)
+
+    def _file_chunks(self, table: str, fid: str) -> list[dict[str, Any]]:
+        """The store files that rows of ``table`` point at (column ``fid``), in runs of whole
+        files holding about _TEXT_CHUNK rows each: {lo, hi, files} for ``_texts``. Joining a few
+        million rows to their texts at once spills to disk and costs several times more."""
+        chunks: list[dict[str, Any]] = []
+        current: list[tuple[int, str]] = []
+        rows = 0
+        for file_id, path, n in self.db.rows(
+            f"SELECT b.fid, b.path, t.n FROM (SELECT {fid} AS fid, count(*) AS n FROM {table} "
+            f"GROUP BY ALL) t JOIN b_files b USING (fid) ORDER BY b.fid"
+        ):
+            current.append((file_id, path))
+            rows += n
+            if rows >= _TEXT_CHUNK:
+                chunks.append(_chunk(current))
+                current, rows = [], 0
+        if current:
+            chunks.append(_chunk(current))
+        return chunks
+
+    @staticmethod
+    def _texts(lo: str, hi: str) -> str:
+        """Rows of the store files $files (fids lo..hi) with fid and _row, as b_raw has them."""
+        return f"""
+            SELECT b.fid, r.file_row_number AS _row, r.source, r.prefix, r.suffix, r.completion
+            FROM read_parquet($files, union_by_name = true, filename = true,
+                file_row_number = true) r
+            JOIN b_files b ON b.path = r.filename AND b.fid BETWEEN {lo} AND {hi}
+        """
 
     # -- 5. outcomes --------------------------------------------------------------------------
 
@@ -861,21 +906,23 @@ class _Builder:
         key = self.config.context_key.hex()
         plain = ", ".join(_q(n) for n, f in TEMPLATE_FAMILIES.items() if f == "plain") or "''"
         split = self.doc.split
-        self.step(
-            "contexts",
-            f"""
-            CREATE TABLE b_ctx AS
-            WITH need AS (
-                SELECT s.tenant, s.request_id, min(s.created_at) AS created_at,
-                    min(s.user_hash) AS user_hash, min(s.file_path) AS file_path,
-                    min(s.prompt_template) AS template,
-                    arg_min(s.fid, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
-                FROM b_out s SEMI JOIN b_rows r USING (tenant, request_id)
-                GROUP BY s.tenant, s.request_id
-            ),
-            rendered AS (
+        started = time.perf_counter()
+        self.db.execute(
+            """
+            CREATE TABLE b_need AS
+            SELECT s.tenant, s.request_id, min(s.created_at) AS created_at,
+                min(s.user_hash) AS user_hash, min(s.file_path) AS file_path,
+                min(s.prompt_template) AS template,
+                arg_min(s.fid, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
+            FROM b_out s SEMI JOIN b_rows r USING (tenant, request_id)
+            GROUP BY s.tenant, s.request_id
+            """
+        )
+        hashed = f"""
+            WITH rendered AS (
                 SELECT n.*, gm_render(n.template, p.prefix, p.suffix) AS prompt
-                FROM need n JOIN b_raw p ON p.fid = n.f AND p._row = n.w
+                FROM (SELECT * FROM b_need WHERE f BETWEEN $lo AND $hi) n
+                JOIN ({{texts}}) p ON p.fid = n.f AND p._row = n.w
             ),
             shifted AS (
                 SELECT * EXCLUDE (prompt),
@@ -891,7 +938,20 @@ class _Builder:
                     - length(CASE WHEN shift0 = prompt THEN '' ELSE shift0 END))))
                     AS context_hash
             FROM shifted
-            """,
+        """
+        self.db.execute(
+            "CREATE TABLE b_ctx AS " + hashed.format(texts="SELECT * FROM b_raw LIMIT 0"),
+            {"lo": 0, "hi": -1},
+        )
+        for chunk in self._file_chunks("b_need", "f"):
+            self.db.execute(
+                "INSERT INTO b_ctx " + hashed.format(texts=self._texts("$lo", "$hi")), chunk
+            )
+        self.drop("b_need")
+        self.timings["context_hashes"] = round(time.perf_counter() - started, 3)
+        self.say(f"context_hashes: {self.timings['context_hashes']:.1f} s")
+        self.step(
+            "contexts",
             # One request per context (the earliest); the others are duplicates.
             "ALTER TABLE b_ctx ADD COLUMN kept BOOLEAN",
             """
@@ -1246,6 +1306,10 @@ class _Builder:
             "files": files,
             "timings_s": self.timings,
         }
+
+
+def _chunk(files: list[tuple[int, str]]) -> dict[str, Any]:
+    return {"lo": files[0][0], "hi": files[-1][0], "files": [path for _, path in files]}
 
 
 def _arrow(db: FeedbackDB, sql: str, params: dict[str, Any] | None = None) -> pa.Table:

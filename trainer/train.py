@@ -114,6 +114,29 @@ class TrainConfig:
         default=512,
         metadata={"help": "Tokens per prompt+completion; capped at the model's context."},
     )
+    replay_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a language-modelling loss on general code (replay) added to "
+            "every step, so the adapter keeps the base's general-code skill (the gate's "
+            "perplexity check); 0 turns replay off."
+        },
+    )
+    replay_batch_size: int = field(
+        default=4, metadata={"help": "General-code sequences per step when replay is on."}
+    )
+    replay_bytes: int = field(
+        default=2_000_000, metadata={"help": "Size of the general-code replay sample in bytes."}
+    )
+    replay_dirs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Where replay code comes from (*.py, test/tests and site-packages "
+            "directories skipped); default: the base model's own pretraining sources from its "
+            "gristmill_model.json, else this interpreter's standard library. Never the gate's "
+            "general-code set (the standard library's test package)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed for LoRA init, data order and dropout."})
     checkpoint_every_steps: int = field(
         default=50, metadata={"help": "Save a checkpoint every N steps (the last two are kept)."}
@@ -140,6 +163,9 @@ class TrainConfig:
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         self.target_modules = list(self.target_modules)
+        if isinstance(self.replay_dirs, (str, Path)):
+            self.replay_dirs = [self.replay_dirs]
+        self.replay_dirs = [str(d) for d in self.replay_dirs]
         problems = [
             msg
             for bad, msg in (
@@ -155,6 +181,9 @@ class TrainConfig:
                 (self.beta <= 0, "beta must be > 0"),
                 (self.sft_weight < 0, "sft_weight must be >= 0"),
                 (self.max_length < 8, "max_length must be >= 8"),
+                (self.replay_weight < 0, "replay_weight must be >= 0"),
+                (self.replay_batch_size < 1, "replay_batch_size must be >= 1"),
+                (self.replay_bytes < 1000, "replay_bytes must be >= 1000"),
                 (self.checkpoint_every_steps < 1, "checkpoint_every_steps must be >= 1"),
                 (self.device not in ("cpu", "cuda", "auto"), "device must be cpu, cuda or auto"),
                 (self.num_threads is not None and self.num_threads < 1, "num_threads must be >= 1"),
@@ -320,7 +349,16 @@ def _training_rows(snapshot_dir: Path, method: str) -> list[dict[str, Any]]:
         for r in pairs:
             rows.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
             rows.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
-        return rows
+        # A pair's two halves are usually labelled rows of the snapshot already (the same
+        # feedback): count each (prompt, completion, label) once, in first-seen order.
+        seen: set[tuple[str, str, bool]] = set()
+        unique = []
+        for r in rows:
+            key = (r["prompt"], r["completion"], r["label"])
+            if key not in seen:
+                seen.add(key)
+                unique.append(r)
+        return unique
     rows = [
         {"prompt": r["prompt"], "completion": r["completion"]}
         for r in load_snapshot_rows(snapshot_dir, "sft", "train")
@@ -340,6 +378,111 @@ def _dataset(rows: list[dict[str, Any]], *, shuffle_seed: int | None) -> Dataset
     data = Dataset.from_list(rows)
     # KTO samples sequentially and pairs neighbours for its KL estimate: shuffle here, seeded.
     return data.shuffle(seed=shuffle_seed) if shuffle_seed is not None else data
+
+
+# ---------------------------------------------------------------- replay of general code
+
+_REPLAY_SKIP_DIRS = frozenset({"test", "tests", "site-packages", "dist-packages", "__pycache__"})
+
+
+def replay_sources(config: TrainConfig) -> list[Path]:
+    """Where replay code comes from: the config's dirs, else the base's pretraining sources
+    (its bootstrap manifest), else the standard library."""
+    import sysconfig
+
+    if config.replay_dirs:
+        return [Path(d) for d in config.replay_dirs]
+    try:
+        manifest = json.loads(
+            (config.base_model_dir / "gristmill_model.json").read_text(encoding="utf-8")
+        )
+        dirs = manifest["config"]["source_dirs"]
+        if isinstance(dirs, list) and dirs:
+            return [Path(d) for d in dirs]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return [Path(sysconfig.get_paths()["stdlib"])]
+
+
+def replay_texts(dirs: list[Path], max_bytes: int) -> tuple[list[str], dict[str, Any]]:
+    """A deterministic sample of *.py files (ordered by the hash of their relative path),
+    skipping test, tests and installed-package directories."""
+    found: list[tuple[str, Path]] = []
+    for index, root in enumerate(dirs):
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in _REPLAY_SKIP_DIRS)
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    path = Path(dirpath) / name
+                    rel = f"{index}/{path.relative_to(root).as_posix()}"
+                    found.append((hashlib.sha256(rel.encode()).hexdigest(), path))
+    found.sort()
+    texts: list[str] = []
+    digest = hashlib.sha256()
+    total = 0
+    for _, path in found:
+        if total >= max_bytes:
+            break
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if not text.strip():
+            continue
+        text = text[: max_bytes - total]
+        texts.append(text)
+        total += len(text.encode())
+        digest.update(text.encode() + b"\0")
+    if not texts:
+        names = ", ".join(str(d) for d in dirs)
+        raise InvalidConfigError(f"replay_dirs: no readable *.py files under {names}")
+    info = {"dirs": [str(d) for d in dirs], "files": len(texts), "bytes": total}
+    info["sha256"] = digest.hexdigest()
+    return texts, info
+
+
+def _replay_chunks(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
+    import torch
+
+    eos = tokenizer.eos_token or ""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text + eos)["input_ids"])
+    n = len(ids) // seq_len
+    if n == 0:
+        raise InvalidConfigError(f"replay_bytes: sample too small for {seq_len}-token sequences")
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def _with_replay(trainer_cls: type, chunks: Any, weight: float, batch_size: int, seed: int):
+    """The trainer class plus ``weight`` x the language-modelling loss of a batch of general
+    code in every training step. The batch is drawn from the step number and the seed, so a
+    resumed run draws what an uninterrupted one would."""
+    import torch
+
+    class ReplayTrainer(trainer_cls):  # type: ignore[misc, valid-type]
+        replay_losses: list[float]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+            if not model.training:
+                return result
+            loss = result[0] if return_outputs else result
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + self.state.global_step)
+            rows = torch.randint(0, chunks.shape[0], (batch_size,), generator=generator)
+            batch = chunks[rows].to(loss.device)
+            replay = model(input_ids=batch, labels=batch).loss
+            self.replay_losses.append(float(replay.detach()))
+            loss = loss + weight * replay
+            return (loss, result[1]) if return_outputs else loss
+
+    ReplayTrainer.__name__ = f"Replay{trainer_cls.__name__}"
+    ReplayTrainer.replay_losses = []
+    return ReplayTrainer
 
 
 # ---------------------------------------------------------------- the run
@@ -617,6 +760,14 @@ def _run_quietly(
     )
     dataset = _dataset(rows, shuffle_seed=config.seed if method == "kto" else None)
     trainer_cls = _trainer_class(method)
+    replay_info: dict[str, Any] | None = None
+    if config.replay_weight > 0:
+        texts, replay_info = replay_texts(replay_sources(config), config.replay_bytes)
+        chunks = _replay_chunks(tokenizer, texts, max_length)
+        replay_info = {**replay_info, "sequences": int(chunks.shape[0]), "seq_len": max_length}
+        trainer_cls = _with_replay(
+            trainer_cls, chunks, config.replay_weight, config.replay_batch_size, config.seed
+        )
     try:
         trainer = trainer_cls(
             model=model,
@@ -671,6 +822,8 @@ def _run_quietly(
         "resumed": resume_from_checkpoint,
         "max_length": max_length,
         "bf16": bf16,
+        "replay": replay_info,
+        "replay_loss": _mean_tail(getattr(trainer, "replay_losses", [])),
         "log_history": history,
         "adapter_hash": adapter_hash,
         "base_model_hash": base_hash,
@@ -699,6 +852,11 @@ def _run_quietly(
         snapshot_card_hash=card_hash,
         metrics=metrics,
     )
+
+
+def _mean_tail(values: list[float], n: int = 10) -> float | None:
+    tail = values[-n:]
+    return round(sum(tail) / len(tail), 5) if tail else None
 
 
 def _latest_checkpoint_step(checkpoints: Path) -> int:

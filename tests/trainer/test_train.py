@@ -191,3 +191,59 @@ def test_when_snapshot_dir_is_not_a_snapshot_then_error_names_the_field(
 ) -> None:
     with pytest.raises(InvalidConfigError, match="snapshot_dir"):
         train(config(tmp_path / "nope", tiny_model_dir, tmp_path / "run"), progress=False)
+
+
+def test_when_kto_rows_come_from_pairs_and_labels_then_each_row_counts_once(
+    tmp_path: Path,
+) -> None:
+    from trainer.train import _training_rows
+
+    # labels=True writes every pair's two halves as labelled rows too: the same feedback twice.
+    snapshot = write_snapshot(tmp_path / "datasets", labels=True)
+    pairs = load_snapshot_rows(snapshot, "pairs", "train")
+    rows = _training_rows(snapshot, "kto")
+    keys = [(r["prompt"], r["completion"], r["label"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * len(pairs)
+    assert sum(r["label"] for r in rows) == len(pairs)
+
+
+def test_when_replay_is_on_then_replay_loss_and_sample_are_recorded(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    snapshot = write_snapshot(tmp_path / "datasets")
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "tests").mkdir()
+    (code / "pkg" / "util.py").write_text("def add(a, b):\n    return a + b\n" * 200)
+    (code / "tests" / "test_util.py").write_text("GATE_ONLY = 1\n" * 200)
+    result = train(
+        config(
+            snapshot, tiny_model_dir, tmp_path / "run", method="dpo_sft", replay_weight=1.0,
+            replay_batch_size=2, replay_bytes=4000, replay_dirs=[str(code)],
+        ),
+        progress=False,
+    )  # fmt: skip
+    replay = result.metrics["replay"]
+    # Only the package file: test directories are the gate's kind of data, never replayed.
+    assert replay["files"] == 1 and replay["dirs"] == [str(code)]
+    assert replay["bytes"] == 4000 and replay["sequences"] >= 1
+    assert result.metrics["replay_loss"] > 0
+    assert result.metrics["config"]["replay_weight"] == 1.0
+
+
+def test_when_replay_run_is_resumed_then_adapter_equals_uninterrupted_run(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    snapshot = write_snapshot(tmp_path / "datasets")
+    extra = {"replay_weight": 0.5, "replay_batch_size": 2, "replay_bytes": 20_000}
+    whole = train(config(snapshot, tiny_model_dir, tmp_path / "whole", **extra), progress=False)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copy(whole.output_dir / "train_config.json", cut / "train_config.json")
+    shutil.copytree(
+        whole.output_dir / "checkpoints" / "checkpoint-2", cut / "checkpoints" / "checkpoint-2"
+    )
+    resumed = train(config(snapshot, tiny_model_dir, cut, resume=True, **extra), progress=False)
+    expected, got = adapter_weights(whole.adapter_dir), adapter_weights(resumed.adapter_dir)
+    for name in expected:
+        assert (expected[name] - got[name]).abs().max() < 1e-6, name

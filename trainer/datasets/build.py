@@ -121,6 +121,8 @@ _PLACEHOLDER_RE = r"<[A-Z][A-Z0-9_]*(?:_[0-9]+|:[0-9a-f]+)>"
 _PROMPT_SLICE = 50_000
 # Rows joined to their stored texts at once (see _Builder._file_chunks).
 _TEXT_CHUNK = 400_000
+# A suggestion's integer key: its file's number times this, plus its row in the file.
+_SK_FILE = 4_294_967_296
 _OUTCOME_STATUSES = (
     "accepted_kept",
     "accepted_unobserved",
@@ -350,7 +352,7 @@ class _Builder:
             SELECT tenant, suggestion_id, request_id, user_hash, repo, source, language,
                 file_path, choice_index, model_version, policy_version, created_at,
                 prompt_template, coalesce(client_name, '') AS client_name, completion,
-                fid, _row, fid::BIGINT * 4294967296 + _row AS sk,
+                fid, _row, fid::BIGINT * {_SK_FILE} + _row AS sk,
                 CASE WHEN source IN ('continue', 'openai') THEN substr(prefix, -64) END AS tail64,
                 CASE WHEN source IN ('continue', 'openai')
                     THEN hash(prefix, coalesce(suffix, '')) END AS text_hash,
@@ -599,7 +601,7 @@ class _Builder:
                     substr(p.prefix, -{params.prefix_tail_chars + 1}) AS prefix,
                     substr(p.suffix, 1, {params.suffix_head_chars}) AS suffix
                 FROM (SELECT * FROM b_cand WHERE fid BETWEEN $lo AND $hi) c
-                JOIN ({self._texts("$lo", "$hi")}) p ON p.fid = c.fid AND p._row = c._row
+                JOIN ({self._texts()}) p ON p.fid = c.fid AND p._row = c._row
                 """,
                 chunk,
             )
@@ -693,9 +695,9 @@ class _Builder:
                         THEN CASE WHEN q.source = 'continue_edit' THEN q.completion END
                      WHEN q.source = 'continue_edit' THEN q.prefix
                      ELSE substr(q.prefix, -{params.later_prefix_chars}) END AS later_suffix
-            FROM (SELECT * FROM {obs} WHERE rep_file BETWEEN $lo AND $hi) o
-            JOIN b_ctext c ON c.sk = o.sk
-            JOIN ({self._texts("$lo", "$hi")}) q ON q.fid = o.rep_file AND q._row = o.rep_row
+            FROM (SELECT * FROM {obs} WHERE sk BETWEEN $low AND $high) o
+            JOIN (SELECT * FROM b_ctext WHERE sk BETWEEN $low AND $high) c ON c.sk = o.sk
+            JOIN ({self._texts()}) q ON q.fid = o.rep_file AND q._row = o.rep_row
         """
         keys = [
             ("sk", "BIGINT"),
@@ -703,7 +705,19 @@ class _Builder:
             ("okey", "BIGINT"),
             ("obs_at", "TIMESTAMPTZ"),
         ]
-        chunks = [(source, chunk) for chunk in self._file_chunks(obs, "rep_file")]
+        # By the candidates' own files (b_ctext was written in that order, so each chunk reads
+        # a run of it); the later requests are in the files of about the same days.
+        chunks = []
+        for chunk in self._file_chunks(obs, f"sk // {_SK_FILE}"):
+            low, high = chunk["lo"] * _SK_FILE, (chunk["hi"] + 1) * _SK_FILE - 1
+            later = [
+                row[0]
+                for row in self.db.rows(
+                    f"SELECT DISTINCT b.path FROM {obs} o JOIN b_files b ON b.fid = o.rep_file "
+                    f"WHERE o.sk BETWEEN {low} AND {high} ORDER BY 1"
+                )
+            ]
+            chunks.append((source, {"low": low, "high": high, "files": later}))
         match_later_requests(self.db, chunks, keys, out, params)
 
     def _file_chunks(self, table: str, fid: str) -> list[dict[str, Any]]:
@@ -727,13 +741,13 @@ class _Builder:
         return chunks
 
     @staticmethod
-    def _texts(lo: str, hi: str) -> str:
-        """Rows of the store files $files (fids lo..hi) with fid and _row, as b_raw has them."""
-        return f"""
+    def _texts() -> str:
+        """Rows of the store files $files with fid and _row, as b_raw has them."""
+        return """
             SELECT b.fid, r.file_row_number AS _row, r.source, r.prefix, r.suffix, r.completion
             FROM read_parquet($files, union_by_name = true, filename = true,
                 file_row_number = true) r
-            JOIN b_files b ON b.path = r.filename AND b.fid BETWEEN {lo} AND {hi}
+            JOIN b_files b ON b.path = r.filename
         """
 
     # -- 5. outcomes --------------------------------------------------------------------------
@@ -944,9 +958,7 @@ class _Builder:
             {"lo": 0, "hi": -1},
         )
         for chunk in self._file_chunks("b_need", "f"):
-            self.db.execute(
-                "INSERT INTO b_ctx " + hashed.format(texts=self._texts("$lo", "$hi")), chunk
-            )
+            self.db.execute("INSERT INTO b_ctx " + hashed.format(texts=self._texts()), chunk)
         self.drop("b_need")
         self.timings["context_hashes"] = round(time.perf_counter() - started, 3)
         self.say(f"context_hashes: {self.timings['context_hashes']:.1f} s")

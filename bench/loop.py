@@ -42,17 +42,34 @@ from gateway.settings import Settings  # noqa: E402
 TARGET_GAIN = 0.40
 TARGET_PERPLEXITY = 0.03
 TARGET_CYCLE_S = 600.0
+# A 5-minute base (~200 steps here, validation loss ~5.4) gives flat next-token distributions
+# that a LoRA adapter cannot condition on the context: the adapter learns a blend of all four
+# habits ("def cError_client.get(self: ...") and held-out acceptance stays at 0%.
+DEFAULT_BOOTSTRAP_STEPS = 800
 
 
-def _model(data_dir: Path, minutes: float) -> Path:
+def _model(data_dir: Path, steps: int, minutes: float | None) -> Path:
+    """The cached base model; built when missing. A step budget (the default) gives the same
+    base whatever else runs on the cores (time only changes how long it takes); a minute
+    budget gives what that much time buys on this machine now."""
     from trainer import BootstrapConfig, bootstrap_model, is_complete_model_dir, read_manifest
 
-    model_dir = data_dir / "models" / "bootstrap"
+    # One cached base per pretraining budget: a longer budget is a different (better) base.
+    if minutes is not None:
+        model_dir = data_dir / "models" / f"bootstrap-{minutes:g}min"
+        config = BootstrapConfig(output_dir=model_dir, max_minutes=minutes)
+        budget = f"{minutes:g} min"
+    else:
+        model_dir = data_dir / "models" / f"bootstrap-{steps}steps"
+        # The minutes are only a safety cap; checkpoints make an interrupted build resume.
+        config = BootstrapConfig(output_dir=model_dir, max_steps=steps, max_minutes=24 * 60)
+        budget = f"{steps} steps"
     if not is_complete_model_dir(model_dir):
-        print(f"bootstrapping the base model ({minutes:g} min) into {model_dir} ...", flush=True)
-        bootstrap_model(BootstrapConfig(output_dir=model_dir, max_minutes=minutes))
+        print(f"bootstrapping the base model ({budget}) into {model_dir} ...", flush=True)
+        bootstrap_model(config)
     manifest = read_manifest(model_dir)
-    keys = ("parameters", "steps", "stopped_by", "final_val_loss", "train_seconds")
+    keys = ("parameters", "steps", "stopped_by", "final_val_loss", "train_seconds",
+            "tokens_per_second")  # fmt: skip
     facts = {k: manifest.get(k) for k in keys}
     print(f"base model: {model_dir} {json.dumps({k: v for k, v in facts.items() if v})}")
     return model_dir
@@ -61,7 +78,15 @@ def _model(data_dir: Path, minutes: float) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".gristmill" / "bench-loop")
-    parser.add_argument("--bootstrap-minutes", type=float, default=5.0)
+    parser.add_argument(
+        "--bootstrap-steps", type=int, default=DEFAULT_BOOTSTRAP_STEPS,
+        help="Pretraining steps of the cached base model (batch 16 x 256 tokens; ~1.5 s a "
+        "step on 2 idle cores)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bootstrap-minutes", type=float,
+        help="A time budget for the base instead of --bootstrap-steps (depends on load)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--developers", type=int, default=8)
     parser.add_argument("--files", type=int, default=10)
@@ -72,7 +97,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
 
-    model_dir = _model(args.data_dir, args.bootstrap_minutes)
+    model_dir = _model(args.data_dir, args.bootstrap_steps, args.bootstrap_minutes)
     run_dir = args.data_dir / f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     run_dir.mkdir(parents=True)
     settings_file = run_dir / "settings.yaml"

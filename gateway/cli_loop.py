@@ -226,6 +226,13 @@ class DemoRow:
     timings: dict[str, float] = field(default_factory=dict)
     snapshot_counts: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    # What the held-out developers were shown and did (in the results file, not the table).
+    heldout_suggestions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _suggestions(report: Any) -> list[dict[str, Any]]:
+    keys = ("developer", "convention", "suggestion", "intended", "action", "similarity")
+    return [{k: getattr(r, k) for k in keys} for r in report.results]
 
 
 @dataclass
@@ -454,7 +461,8 @@ def run_demo(
     report = measure()
     rows = [
         DemoRow(0, current, report.acceptance(), report.exact_acceptance(),
-                report.summary()["by_convention"], timings={"measure_s": report.seconds})
+                report.summary()["by_convention"], timings={"measure_s": report.seconds},
+                heldout_suggestions=_suggestions(report))
     ]  # fmt: skip
     _print_row(rows[-1], say, header=True)
     since = datetime.now(UTC) - timedelta(seconds=1)
@@ -510,6 +518,7 @@ def run_demo(
                 },
                 snapshot_counts=result.snapshot_counts,
                 message=result.message,
+                heldout_suggestions=_suggestions(report),
             )
         )
         _print_row(rows[-1], say)

@@ -112,4 +112,9 @@ def test_when_the_demo_runs_a_round_then_rows_and_a_chart_come_out(
     assert rows[1].timings["cycle_s"] > 0 and rows[1].perplexity_vs_base is not None
     assert any(line.startswith("round") and "held-out acc" in line for line in lines)
     assert (tmp_path / "acceptance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(json.loads((tmp_path / "results.json").read_text())) == 2
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved) == 2
+    # what the held-out developer was shown, for inspection: 2 files x 2 holes per round
+    shown = saved[0]["heldout_suggestions"]
+    assert len(shown) == 4 and {s["suggestion"].strip() for s in shown} == {"return a + b"}
+    assert all(s["action"] == "dismiss" and s["intended"] for s in shown)

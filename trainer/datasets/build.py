@@ -864,8 +864,9 @@ class _Builder:
                 FROM b_out WHERE status IS NOT NULL
             ),
             accepted_per_request AS (
-                SELECT tenant, request_id, count(*) FILTER (WHERE accepted) AS n
-                FROM b_out GROUP BY ALL
+                -- Requests with several choices, one of them accepted.
+                SELECT tenant, request_id FROM b_out GROUP BY ALL
+                HAVING count(*) > 1 AND count(*) FILTER (WHERE accepted) = 1
             )
             SELECT 'labels' AS "set", tenant, suggestion_id, NULL::VARCHAR AS other_id,
                 request_id,
@@ -901,7 +902,7 @@ class _Builder:
             JOIN accepted_per_request n ON n.tenant = a.tenant AND n.request_id = a.request_id
             JOIN b_out b ON b.tenant = a.tenant AND b.request_id = a.request_id
                 AND b.suggestion_id <> a.suggestion_id
-            WHERE n.n = 1 AND a.accepted AND a.wanted_text IS NOT NULL
+            WHERE a.accepted AND a.wanted_text IS NOT NULL
               AND gm_nonblank(b.completion) > 0
               AND gm_norm(b.completion) <> gm_norm(a.wanted_text)
             UNION ALL

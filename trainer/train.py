@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -101,6 +102,13 @@ class TrainConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many optimizer steps (overrides epochs)."}
     )
+    min_steps: int = field(
+        default=0,
+        metadata={
+            "help": "At least this many optimizer steps (more passes over a small snapshot: "
+            "a few hundred rows are only a handful of steps per epoch); ignored with max_steps."
+        },
+    )
     batch_size: int = field(
         default=16, metadata={"help": "Rows per optimizer step (KTO needs at least 2)."}
     )
@@ -177,6 +185,7 @@ class TrainConfig:
                 (self.learning_rate <= 0, "learning_rate must be > 0"),
                 (self.num_epochs <= 0, "num_epochs must be > 0"),
                 (self.max_steps is not None and self.max_steps < 1, "max_steps must be >= 1"),
+                (self.min_steps < 0, "min_steps must be >= 0"),
                 (self.batch_size < 1, "batch_size must be >= 1"),
                 (self.beta <= 0, "beta must be > 0"),
                 (self.sft_weight < 0, "sft_weight must be >= 0"),
@@ -564,12 +573,23 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _trainer_args(config: TrainConfig, method: str, max_length: int, bf16: bool) -> Any:
+def planned_steps(config: TrainConfig, rows: int) -> int | None:
+    """The step budget handed to the trainer: max_steps, else min_steps when the epochs would
+    give fewer steps (None: let the epochs decide)."""
+    if config.max_steps is not None:
+        return config.max_steps
+    per_epoch = math.ceil(rows / config.batch_size)
+    by_epochs = math.ceil(per_epoch * config.num_epochs)
+    return config.min_steps if by_epochs < config.min_steps else None
+
+
+def _trainer_args(config: TrainConfig, method: str, max_length: int, bf16: bool, rows: int) -> Any:
+    steps = planned_steps(config, rows)
     common: dict[str, Any] = {
         "output_dir": str(config.output_dir / CHECKPOINT_DIRNAME),
         "learning_rate": config.learning_rate,
         "num_train_epochs": config.num_epochs,
-        "max_steps": config.max_steps if config.max_steps is not None else -1,
+        "max_steps": steps if steps is not None else -1,
         "per_device_train_batch_size": config.batch_size,
         "gradient_accumulation_steps": 1,
         "lr_scheduler_type": "linear",
@@ -748,7 +768,7 @@ def _run_quietly(
         tokenizer.pad_token = tokenizer.eos_token
     context = getattr(model.config, "max_position_embeddings", None) or config.max_length
     max_length = min(config.max_length, int(context))
-    args = _trainer_args(config, method, max_length, bf16)
+    args = _trainer_args(config, method, max_length, bf16, len(rows))
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

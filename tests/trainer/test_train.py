@@ -247,3 +247,18 @@ def test_when_replay_run_is_resumed_then_adapter_equals_uninterrupted_run(
     expected, got = adapter_weights(whole.adapter_dir), adapter_weights(resumed.adapter_dir)
     for name in expected:
         assert (expected[name] - got[name]).abs().max() < 1e-6, name
+
+
+def test_when_snapshot_is_small_then_min_steps_sets_the_step_count(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from trainer.train import planned_steps
+
+    snapshot = write_snapshot(tmp_path / "datasets")  # 24 pairs: 3 steps per epoch at batch 8
+    cfg = config(snapshot, tiny_model_dir, tmp_path / "run", max_steps=None, min_steps=5)
+    assert planned_steps(cfg, 24) == 5
+    assert planned_steps(dataclasses.replace(cfg, num_epochs=2.0), 24) is None  # 6 steps >= 5
+    assert planned_steps(dataclasses.replace(cfg, min_steps=0), 24) is None  # epochs decide
+    assert planned_steps(dataclasses.replace(cfg, max_steps=2), 24) == 2  # max_steps wins
+    result = train(cfg, progress=False)
+    assert result.steps == 5 and result.metrics["epochs"] > 1.0

@@ -443,7 +443,10 @@ def _slack(rng: random.Random) -> str:
 
 
 def _jwt(rng: random.Random) -> str:
-    payload = {"sub": str(rng.randint(1000, 99999)), "iat": rng.randint(1_600_000_000, 1_800_000_000)}
+    payload = {
+        "sub": str(rng.randint(1000, 99999)),
+        "iat": rng.randint(1_600_000_000, 1_800_000_000),
+    }
     return ".".join(
         [b64url({"alg": "HS256", "typ": "JWT"}), b64url(payload), chars(rng, 43, URLSAFE)]
     )

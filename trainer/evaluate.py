@@ -159,16 +159,26 @@ def general_code_texts(dirs: list[Path], max_bytes: int) -> tuple[list[str], dic
                 continue
             rel = path.relative_to(root).as_posix()
             found.append((hashlib.sha256(rel.encode()).hexdigest(), path))
-    found.sort()
+    texts, info = read_code_sample(found, max_bytes, dirs)
+    if not texts:
+        names = ", ".join(str(d) for d in dirs)
+        raise EvaluationError(f"general_code_dirs: no readable *.py files under {names}")
+    return texts, info
+
+
+def read_code_sample(
+    found: list[tuple[str, Path]], max_bytes: int, dirs: list[Path]
+) -> tuple[list[str], dict[str, Any]]:
+    """Read (sort key, path) files in key order until max_bytes: the texts (unreadable and
+    blank files skipped, the last one cut) and what was read (dirs, files, bytes, sha256)."""
     texts: list[str] = []
     digest = hashlib.sha256()
     total = 0
-    for _, path in found:
+    for _, path in sorted(found):
         if total >= max_bytes:
             break
         try:
-            data = path.read_bytes()
-            text = data.decode("utf-8")
+            text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             continue
         if not text.strip():
@@ -177,9 +187,6 @@ def general_code_texts(dirs: list[Path], max_bytes: int) -> tuple[list[str], dic
         texts.append(text)
         total += len(text.encode())
         digest.update(text.encode() + b"\0")
-    if not texts:
-        names = ", ".join(str(d) for d in dirs)
-        raise EvaluationError(f"general_code_dirs: no readable *.py files under {names}")
     info = {"dirs": [str(d) for d in dirs], "files": len(texts), "bytes": total}
     info["sha256"] = digest.hexdigest()
     return texts, info

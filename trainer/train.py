@@ -427,28 +427,12 @@ def replay_texts(dirs: list[Path], max_bytes: int) -> tuple[list[str], dict[str,
                     path = Path(dirpath) / name
                     rel = f"{index}/{path.relative_to(root).as_posix()}"
                     found.append((hashlib.sha256(rel.encode()).hexdigest(), path))
-    found.sort()
-    texts: list[str] = []
-    digest = hashlib.sha256()
-    total = 0
-    for _, path in found:
-        if total >= max_bytes:
-            break
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        if not text.strip():
-            continue
-        text = text[: max_bytes - total]
-        texts.append(text)
-        total += len(text.encode())
-        digest.update(text.encode() + b"\0")
+    from trainer.evaluate import read_code_sample
+
+    texts, info = read_code_sample(found, max_bytes, dirs)
     if not texts:
         names = ", ".join(str(d) for d in dirs)
         raise InvalidConfigError(f"replay_dirs: no readable *.py files under {names}")
-    info = {"dirs": [str(d) for d in dirs], "files": len(texts), "bytes": total}
-    info["sha256"] = digest.hexdigest()
     return texts, info
 
 

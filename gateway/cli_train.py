@@ -172,17 +172,11 @@ def train_cmd(
     }
     if register:
         card = json.loads((config.snapshot_dir / "card.json").read_text(encoding="utf-8"))
-        version, event = _registry(settings).register(
-            result.adapter_dir,
+        version, event = _registry(settings).register_training(
+            result,
             base_model_dir=config.base_model_dir,
-            base_model_hash=result.base_model_hash,
-            snapshot_id=result.snapshot_id,
-            snapshot_card_hash=result.snapshot_card_hash,
-            policy_versions=list(card.get("policy_versions", [])),
-            rules_version=card.get("rules_version"),
-            method=result.method,
+            card=card,
             training_config=config.to_json(),
-            metrics={k: v for k, v in result.metrics.items() if k != "log_history"},
             gate=summary["gate"],
             actor=_actor(actor),
         )

@@ -269,17 +269,11 @@ def _run(
     say(f"gate: {'passed' if gate.passed else 'refused'} ({result.timings['gate_s']:.1f} s)")
 
     card = snapshot.card
-    version, event = registry.register(
-        trained.adapter_dir,
+    version, event = registry.register_training(
+        trained,
         base_model_dir=config.base_model_dir,
-        base_model_hash=trained.base_model_hash,
-        snapshot_id=trained.snapshot_id,
-        snapshot_card_hash=trained.snapshot_card_hash,
-        policy_versions=list(card.get("policy_versions", [])),
-        rules_version=card.get("rules_version"),
-        method=trained.method,
+        card=card,
         training_config=train_config.to_json(),
-        metrics={k: v for k, v in trained.metrics.items() if k != "log_history"},
         gate=result.gate,
         actor=config.actor,
     )

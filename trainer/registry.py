@@ -155,6 +155,33 @@ class ModelRegistry:
 
     # ------------------------------------------------------------ changes
 
+    def register_training(
+        self,
+        trained: Any,
+        *,
+        base_model_dir: Path | str,
+        card: dict[str, Any],
+        training_config: dict[str, Any],
+        gate: dict[str, Any] | None,
+        actor: str = "system",
+    ) -> tuple[ModelVersion, dict[str, Any]]:
+        """``register`` a training run's result (a trainer.train.TrainResult) with the lineage
+        its snapshot card gives (policy and rules versions); the log history stays out."""
+        return self.register(
+            trained.adapter_dir,
+            base_model_dir=base_model_dir,
+            base_model_hash=trained.base_model_hash,
+            snapshot_id=trained.snapshot_id,
+            snapshot_card_hash=trained.snapshot_card_hash,
+            policy_versions=list(card.get("policy_versions", [])),
+            rules_version=card.get("rules_version"),
+            method=trained.method,
+            training_config=training_config,
+            metrics={k: v for k, v in trained.metrics.items() if k != "log_history"},
+            gate=gate,
+            actor=actor,
+        )
+
     def register(
         self,
         adapter_dir: Path | str,

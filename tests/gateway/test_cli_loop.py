@@ -43,7 +43,7 @@ def test_when_loop_run_is_invoked_then_one_cycle_registers_a_gated_candidate(
     run_population(live_gateway.url, tokens, population, seed=11)
     _flush(live_gateway)
     run_yaml = tmp_path / "run.yaml"
-    run_yaml.write_text("max_steps: 2\nbatch_size: 4\n")
+    run_yaml.write_text("max_steps: 2\nbatch_size: 4\nreplay_weight: 0\n")
     settings = _settings_yaml(tmp_path, live_gateway.settings.data_dir, tiny_model_dir)
 
     result = runner.invoke(
@@ -95,7 +95,7 @@ def test_when_the_demo_runs_a_round_then_rows_and_a_chart_come_out(
         files=3,
         heldout_developers=1,
         heldout_files=2,
-        train={"max_steps": 2, "batch_size": 4},
+        train={"max_steps": 2, "batch_size": 4, "replay_bytes": 20_000},
         chart=tmp_path / "acceptance.png",
         results=tmp_path / "results.json",
     )

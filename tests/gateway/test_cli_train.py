@@ -22,7 +22,9 @@ def test_when_trained_from_cli_then_candidate_is_gated_registered_promoted_and_a
     data = tmp_path / "data"
     snapshot = write_snapshot(data / "datasets")
     run_yaml = tmp_path / "run.yaml"
-    run_yaml.write_text("method: dpo_sft\nmax_steps: 50\nbatch_size: 8\nnum_threads: 1\n")
+    run_yaml.write_text(
+        "method: dpo_sft\nmax_steps: 50\nbatch_size: 8\nnum_threads: 1\nreplay_bytes: 20000\n"
+    )
     result = run(
         "train", snapshot.name, "--config", str(run_yaml), "--max-steps", "2",
         "--base-model", str(tiny_model_dir), "--data-dir", str(data), "--no-progress",

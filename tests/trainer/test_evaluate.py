@@ -16,7 +16,10 @@ GATE = {"general_code_bytes": 12_000, "max_generations": 3, "num_threads": 1}
 
 def trained(tmp_path: Path, model: Path, name: str, pairs, **overrides) -> Path:
     snapshot = write_snapshot(tmp_path / name, pairs=pairs)
-    values = {"method": "dpo_sft", "max_steps": 6, "batch_size": 8, "num_threads": 1}
+    values = {
+        "method": "dpo_sft", "max_steps": 6, "batch_size": 8, "num_threads": 1,
+        "learning_rate": 5e-4, "replay_weight": 0.0,  # no replay: "wrecked" must wreck
+    }  # fmt: skip
     values.update(overrides)
     out = tmp_path / f"run-{name}"
     cfg = TrainConfig(snapshot_dir=snapshot, base_model_dir=model, output_dir=out, **values)

@@ -17,7 +17,9 @@ from trainer import GateConfig, ModelRegistry
 from trainer.loop import LoopBusyError, LoopConfig, _exclusive, last_until
 from trainer.simulator import make_population, run_population
 
-TINY_TRAIN = {"max_steps": 2, "batch_size": 4, "checkpoint_every_steps": 100}
+TINY_TRAIN = {
+    "max_steps": 2, "batch_size": 4, "checkpoint_every_steps": 100, "replay_weight": 0.0
+}  # fmt: skip
 
 
 def _flush(live) -> None:
@@ -54,7 +56,7 @@ def test_when_a_cycle_runs_on_simulated_feedback_then_a_candidate_is_registered_
     result = run_loop_cycle(settings, config, since=start, until=until)
 
     assert result.status in ("promoted", "refused")
-    assert result.snapshot_id and result.method == "kto"  # dismissals + hand-written: labels
+    assert result.snapshot_id and result.method == "sft"  # hand-written texts are kept completions
     assert result.steps == 2
     assert set(result.gate["checks"]) == {
         "preference_accuracy",

@@ -30,6 +30,7 @@ def config(snapshot: Path, model: Path, out: Path, **overrides) -> TrainConfig:
         "num_threads": 1,
         "checkpoint_every_steps": 2,
         "learning_rate": 1e-3,
+        "replay_weight": 0.0,  # replay has its own tests; the rest stay fast
     }
     values.update(overrides)
     return TrainConfig(snapshot_dir=snapshot, base_model_dir=model, output_dir=out, **values)
@@ -138,6 +139,7 @@ def test_when_resumed_with_a_different_config_then_refused_naming_the_field(
         ({"batch_size": 0}, "batch_size"),  # empty batches
         ({"learning_rate": -1.0}, "learning_rate"),  # negative step size
         ({"device": "tpu"}, "device"),  # unsupported device
+        ({"replay_loss": "mse"}, "replay_loss"),  # replay minimizes lm or kl only
     ],
 )
 def test_when_config_value_is_bad_then_error_names_the_field(
@@ -168,8 +170,9 @@ def test_when_config_fields_listed_then_each_has_help_text() -> None:
 @pytest.mark.parametrize(
     "counts,expected",
     [
-        ({"labels": 3, "pairs": 5}, "kto"),  # labels present: KTO, pairs join as labels
-        ({"labels": 0, "pairs": 5}, "dpo_sft"),  # pairs only
+        ({"labels": 3, "pairs": 5, "sft": 4}, "sft"),  # kept completions win
+        ({"labels": 0, "pairs": 5}, "sft"),  # pairs only: their chosen texts are kept
+        ({"labels": 6, "pairs": 0, "sft": 0}, "kto"),  # only labels
         ({"labels": 0, "pairs": 0, "sft": 4}, "sft"),  # kept completions only
     ],
 )
@@ -262,3 +265,35 @@ def test_when_snapshot_is_small_then_min_steps_sets_the_step_count(
     assert planned_steps(dataclasses.replace(cfg, max_steps=2), 24) == 2  # max_steps wins
     result = train(cfg, progress=False)
     assert result.steps == 5 and result.metrics["epochs"] > 1.0
+
+
+def test_kl_replay_is_zero_for_a_fresh_adapter_and_grows_when_it_moves(
+    tiny_model_dir: Path,
+) -> None:
+    """The kl replay loss compares the adapter with the base (the adapter disabled): a fresh
+    LoRA adapter (B = 0) is the base, so the loss is 0; moved weights make it positive."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trainer.train import _replay_kl
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    with warnings.catch_warnings():
+        # peft reads transformers 5's deprecated is_gradient_checkpointing alias.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = get_peft_model(model, lora)
+    batch = torch.randint(5, 200, (2, 16))
+    assert float(_replay_kl(model, batch).detach()) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5 * torch.randn_like(param))
+    moved = _replay_kl(model, batch)
+    assert float(moved.detach()) > 1e-3
+    moved.backward()  # the loss trains the adapter
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+

@@ -78,7 +78,12 @@ def tokens_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 
 @app.command("bootstrap-model")
 def bootstrap_model_cmd(
-    max_minutes: Annotated[float, typer.Option(help="Pretraining time budget.")] = 5.0,
+    max_steps: Annotated[
+        int, typer.Option(help="Pretraining steps (0: --max-minutes decides).", min=0)
+    ] = 800,
+    max_minutes: Annotated[
+        float, typer.Option(help="Pretraining time cap (the budget with --max-steps 0).")
+    ] = 60.0,
     output: Annotated[
         Path | None, typer.Option(help="Model directory; default data_dir/models/bootstrap.")
     ] = None,
@@ -93,7 +98,9 @@ def bootstrap_model_cmd(
     target = output or settings.model_dir
     assert target is not None
     try:
-        path = bootstrap_model(BootstrapConfig(output_dir=target, max_minutes=max_minutes))
+        path = bootstrap_model(
+            BootstrapConfig(output_dir=target, max_steps=max_steps or None, max_minutes=max_minutes)
+        )
     except TrainerError as exc:
         _fail(str(exc))
     typer.echo(f"model ready: {path}")
@@ -212,12 +219,18 @@ def _ensure_model(settings: Settings) -> None:
     default_dir = settings.data_dir / "models" / "bootstrap"
     if settings.model_dir.resolve() != default_dir.resolve() and settings.model_dir.exists():
         return  # a user-supplied Hugging Face directory; the backend validates it on load
+    steps = settings.bootstrap_steps or None
+    budget = f"{steps} steps" if steps else f"{settings.bootstrap_minutes:g} min"
     typer.echo(
-        f"No model yet: building the embedded default in {settings.model_dir} "
-        f"({settings.bootstrap_minutes:g} min of pretraining on this machine's Python sources)."
+        f"No model yet: building the embedded default in {settings.model_dir} ({budget} of "
+        "pretraining on this machine's Python sources; about 20 min on 2 cores for 800 steps, "
+        "once: an interrupted build resumes). GRISTMILL_BOOTSTRAP_STEPS=200 starts sooner "
+        "with a weaker model."
     )
     bootstrap_model(
-        BootstrapConfig(output_dir=settings.model_dir, max_minutes=settings.bootstrap_minutes)
+        BootstrapConfig(
+            output_dir=settings.model_dir, max_steps=steps, max_minutes=settings.bootstrap_minutes
+        )
     )
 
 

@@ -107,7 +107,7 @@ class TrainConfig:
         metadata={
             "help": "At least this many optimizer steps (more passes over a small snapshot: "
             "a few hundred rows are only a handful of steps per epoch); ignored with max_steps. "
-            "On the loop bench's 276 kept completions, 100 steps took held-out acceptance to "
+            "On the loop bench's 138 kept completions, 100 steps took held-out acceptance to "
             "23% and 150 steps to 77%."
         },
     )
@@ -354,7 +354,7 @@ def resolve_method(method: str, train_rows: dict[str, int]) -> str:
     Why SFT first: on the bootstrap base the rejected texts are the weak model's own output,
     far from anything a developer would keep, so preference losses (KTO, DPO) separate kept
     from rejected within a few steps and stop moving the model. Measured with the loop
-    bench's feedback (276 kept completions, 800-step base, 150 steps, lr 1e-3): KTO left
+    bench's feedback (138 kept completions, 800-step base, 150 steps, lr 1e-3): KTO left
     held-out acceptance at 0%, SFT with kl replay raised it to 77%, DPO+SFT to 81% at about
     three times the time per step. Pick kto or dpo_sft explicitly when the rejected texts are
     close misses (a stronger base model)."""

@@ -57,3 +57,29 @@ def test_when_settings_invalid_then_message_names_field(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["query", "SELECT 1", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "port" in result.output
+
+
+def test_when_no_model_exists_then_serve_bootstraps_by_the_step_budget(tmp_path, monkeypatch):
+    """The default model is built by steps (the same model whatever shares the cores);
+    GRISTMILL_BOOTSTRAP_STEPS=0 hands the budget to the minutes. bootstrap_model itself is
+    replaced here: pretraining 800 steps takes ~20 min (tests/trainer/test_bootstrap.py runs
+    the real thing on a tiny preset)."""
+    import trainer
+
+    from gateway.cli import _ensure_model
+    from gateway.settings import Settings
+
+    built = []
+    monkeypatch.setattr(trainer, "bootstrap_model", lambda config: built.append(config))
+    _ensure_model(Settings(data_dir=tmp_path))
+    _ensure_model(Settings(data_dir=tmp_path, bootstrap_steps=0, bootstrap_minutes=5))
+    assert [(c.max_steps, c.max_minutes) for c in built] == [(800, 60.0), (None, 5.0)]
+    assert built[0].output_dir == tmp_path / "models" / "bootstrap"
+
+
+def test_when_bootstrap_steps_are_negative_then_the_cli_names_the_option(tmp_path):
+    result = CliRunner().invoke(
+        cli, ["bootstrap-model", "--max-steps", "-1", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "--max-steps" in result.output

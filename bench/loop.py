@@ -2,12 +2,12 @@
 
 One command: `python bench/loop.py`. It starts a gateway (`gristmill serve`, embedded backend)
 on a fresh data directory with the bootstrap model cached under --data-dir (built once with
-`--bootstrap-minutes` of pretraining when missing), then runs `gristmill demo`'s rounds
-(gateway/cli_loop.py, trainer/simulator.py): held-out developers measure acceptance on the base
-model (the baseline of this run); training developers use the gateway and give feedback; a loop
-cycle builds a snapshot, trains (default method), gates, promotes to canary and then to active;
-the held-out developers measure again. It prints the table, the ratios against the baseline and
-the targets (2 CPU cores, bootstrap model):
+`--bootstrap-steps` (800) of pretraining when missing, ~20 min on 2 cores), then runs
+`gristmill demo`'s rounds (gateway/cli_loop.py, trainer/simulator.py): held-out developers
+measure acceptance on the base model (the baseline of this run); training developers use the
+gateway and give feedback; a loop cycle builds a snapshot, trains (default method), gates,
+promotes to canary and then to active; the held-out developers measure again. It prints the
+table, the ratios against the baseline and the targets (2 CPU cores, bootstrap model):
 
 - held-out acceptance up by at least 40 points after one cycle;
 - general-code perplexity within 3% of the base (the gate's stdlib `test` sample);
@@ -42,9 +42,9 @@ from gateway.settings import Settings  # noqa: E402
 TARGET_GAIN = 0.40
 TARGET_PERPLEXITY = 0.03
 TARGET_CYCLE_S = 600.0
-# A 5-minute base (~200 steps here, validation loss ~5.4) gives flat next-token distributions
-# that a LoRA adapter cannot condition on the context: the adapter learns a blend of all four
-# habits ("def cError_client.get(self: ...") and held-out acceptance stays at 0%.
+# Held-out acceptance after one cycle with the default training config, by base (offline
+# decoding of the same held-out population): 214 steps (5 min, val loss 5.4) 23%, 400 steps
+# (val 4.9) 35%, 800 steps (val 4.2) 77%. A weak base cannot copy names from the context.
 DEFAULT_BOOTSTRAP_STEPS = 800
 
 

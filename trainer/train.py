@@ -470,13 +470,13 @@ def _replay_chunks(tokenizer: Any, texts: list[str], seq_len: int) -> Any:
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-def _replay_kl(model: Any, batch: Any) -> Any:
+def _replay_kl(model: Any, batch: Any, peft_model: Any = None) -> Any:
     """Mean per-token KL(base || adapter) on ``batch``; the base is the model with its adapter
-    disabled (no gradient)."""
+    disabled (no gradient). ``peft_model`` is the PeftModel when ``model`` wraps it (DDP)."""
     import torch
     import torch.nn.functional as F
 
-    with torch.no_grad(), model.disable_adapter():
+    with torch.no_grad(), (peft_model or model).disable_adapter():
         base = F.log_softmax(model(input_ids=batch).logits.float(), dim=-1)
     tuned = F.log_softmax(model(input_ids=batch).logits.float(), dim=-1)
     return F.kl_div(tuned, base, log_target=True, reduction="sum") / (batch.shape[0] * batch.shape[1])
@@ -505,7 +505,7 @@ def _with_replay(
             rows = torch.randint(0, chunks.shape[0], (batch_size,), generator=generator)
             batch = chunks[rows].to(loss.device)
             if kind == "kl":
-                replay = _replay_kl(model, batch)
+                replay = _replay_kl(model, batch, self.accelerator.unwrap_model(model))
             else:
                 replay = model(input_ids=batch, labels=batch).loss
             self.replay_losses.append(float(replay.detach()))

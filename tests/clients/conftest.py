@@ -83,8 +83,14 @@ class TabbyAgentHome:
         return [json.loads(line) for line in self.connect_log.read_text().splitlines()]
 
     def data(self) -> dict[str, Any]:
+        """The agent's data store; {} while it does not exist or the agent is rewriting it
+        (it truncates, then writes: a read in between sees an empty or partial file). Callers
+        poll with a deadline."""
         path = self.agent_dir / "data.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
 
     def log_tail(self, chars: int = 4000) -> str:
         logs = sorted((self.agent_dir / "logs").glob("*.log"))

@@ -15,9 +15,12 @@ anchor). The steps, each a table:
    file within each survival window, the longest first, until one shows the insertion point
    completely; matched as the module docstring of feedback_store.feedback_queries says;
 5. ``b_out``: one outcome per suggestion (see policies/signals.yaml), or an exclusion reason;
-6. ``b_rows``: the rows of each set; ``b_ctx``: the prompt each request was served with, its
-   keyed context hash, dedup and the time split;
-7. one ordered pass writes every set and split, then the lineage and the card.
+6. ``b_ctx``: the prompt each decided request was served with, its keyed context hash, dedup
+   and the time split; ``b_kctx`` numbers the kept contexts in output order (crank);
+   ``b_rows``: the rows of each set, rule by rule in context order; ``b_order``: dedup and row
+   numbers on narrow integer columns;
+7. one pass over slices of contexts gathers their rows and writes every set and split, each
+   with its lineage file beside it (row i explains row i), then the card.
 
 Prompts are rendered with the recorded template from the stored (redacted) prefix and suffix,
 the exact text the backend rendered (the embedded backend may have cut the prefix to fit its
@@ -44,8 +47,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -300,6 +301,11 @@ class _Builder:
         self.since = _ts(config.since)
         self.until = _ts(config.until)
         self.timings: dict[str, float] = {}
+        # Filled while writing: rows per (set, split, rule, label), distinct lineage values.
+        self.row_counts: dict[tuple[str, str, str, bool | None], int] = {}
+        self.distinct: dict[str, set[str]] = {
+            name: set() for name in ("tenant", "language", "model_version", "policy_version")
+        }
 
     def step(self, name: str, *statements: str) -> None:
         started = time.perf_counter()
@@ -322,9 +328,8 @@ class _Builder:
         self.drop("b_cand", "b_ctext", "b_obs", "b_chain", "b_match", "b_req")
         self.decide()
         self.drop("b_state")
-        self.emit_rows()
         self.contexts()
-        self.drop("b_rows")
+        self.emit_rows()
         files = self.write()
         return self.card(files)
 
@@ -827,7 +832,13 @@ class _Builder:
     # -- 6. rows and contexts -----------------------------------------------------------------
 
     def emit_rows(self) -> None:
+        """``b_rows``: every row of every set, with its context's rank (crank) and split.
+
+        Rows are inserted rule by rule from ``b_w`` (the decided suggestions whose context
+        reaches a split, in context order), so each rule's rows are stored in context order and
+        the writer's slices by context read a few runs of the table, not all of it."""
         rules = self.config.rules
+        set_index = {name: i for i, name in enumerate(SETS)}
         taken = (
             "status IN ('accepted_kept', 'accepted_unobserved', 'accepted_edited', "
             "'accepted_deleted', 'inferred_kept')"
@@ -842,83 +853,135 @@ class _Builder:
         reward = rules.reward_sql(f"CASE WHEN {taken} THEN 1 ELSE 0 END", fraction, survival)
         common = (
             "evidence, evidence_sim AS similarity, evidence_elapsed_s AS elapsed_s, "
-            "language, model_version, policy_version"
+            "language, model_version, policy_version, crank, split"
         )
         edited_pair = (
             "status IN ('accepted_kept', 'accepted_edited') AND evidence_clean "
             "AND gm_nonblank(evidence_text) > 0 AND gm_norm(evidence_text) <> gm_norm(inserted)"
         )
-        self.step(
-            "rows",
-            f"""
-            CREATE TABLE b_rows AS
-            WITH w AS (
-                SELECT *, CASE
-                    WHEN status IN ('accepted_kept', 'accepted_edited', 'inferred_kept')
-                         AND evidence_clean AND gm_nonblank(evidence_text) > 0
-                        THEN evidence_text
-                    WHEN status IN ('accepted_kept', 'accepted_unobserved') THEN inserted
-                    WHEN status = 'inferred_kept' THEN completion
-                    WHEN status = 'dismissed_handwritten' THEN evidence_text
+        started = time.perf_counter()
+        self.db.execute(
+            """
+            CREATE TABLE b_w AS
+            SELECT o.tenant, o.suggestion_id, o.request_id, o.status, o.accepted, o.fraction,
+                o.inserted, o.completion, o.evidence, o.evidence_sim, o.evidence_elapsed_s,
+                o.evidence_clean, o.evidence_text, o.language, o.model_version,
+                o.policy_version, k.crank, k.split, CASE
+                    WHEN o.status IN ('accepted_kept', 'accepted_edited', 'inferred_kept')
+                         AND o.evidence_clean AND gm_nonblank(o.evidence_text) > 0
+                        THEN o.evidence_text
+                    WHEN o.status IN ('accepted_kept', 'accepted_unobserved') THEN o.inserted
+                    WHEN o.status = 'inferred_kept' THEN o.completion
+                    WHEN o.status = 'dismissed_handwritten' THEN o.evidence_text
                     END AS wanted_text
-                FROM b_out WHERE status IS NOT NULL
-            ),
-            accepted_per_request AS (
-                -- Requests with several choices, one of them accepted.
-                SELECT tenant, request_id FROM b_out GROUP BY ALL
-                HAVING count(*) > 1 AND count(*) FILTER (WHERE accepted) = 1
-            )
-            SELECT 'labels' AS "set", tenant, suggestion_id, NULL::VARCHAR AS other_id,
-                request_id,
+            FROM b_out o JOIN b_kctx k USING (tenant, request_id)
+            WHERE o.status IS NOT NULL
+            ORDER BY k.crank
+            """
+        )
+        self.db.execute(
+            """
+            CREATE TABLE b_rows (set_index INTEGER, tenant VARCHAR, suggestion_id VARCHAR,
+                other_id VARCHAR, request_id VARCHAR, rule VARCHAR, completion VARCHAR,
+                chosen VARCHAR, rejected VARCHAR, label BOOLEAN, reward DOUBLE, weight DOUBLE,
+                evidence VARCHAR, similarity DOUBLE, elapsed_s DOUBLE, language VARCHAR,
+                model_version VARCHAR, policy_version VARCHAR, crank BIGINT, split VARCHAR)
+            """
+        )
+        inserts = [
+            f"""
+            SELECT {set_index["labels"]}, tenant, suggestion_id, NULL, request_id,
                 CASE WHEN fraction < 1 AND status LIKE 'accepted%' THEN 'partial_' || status
-                     ELSE status END AS rule,
-                CASE WHEN status LIKE 'accepted%' THEN inserted ELSE completion END
-                    AS completion,
-                NULL::VARCHAR AS chosen, NULL::VARCHAR AS rejected,
-                status IN ('accepted_kept', 'accepted_unobserved', 'inferred_kept') AS label,
-                NULL::DOUBLE AS reward,
-                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END AS weight, {common}
-            FROM w WHERE status <> 'accepted_edited'
-            UNION ALL
-            SELECT 'labels', tenant, suggestion_id, NULL, request_id,
+                     ELSE status END,
+                CASE WHEN status LIKE 'accepted%' THEN inserted ELSE completion END,
+                NULL, NULL,
+                status IN ('accepted_kept', 'accepted_unobserved', 'inferred_kept'), NULL,
+                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}
+            FROM b_w WHERE status <> 'accepted_edited'
+            """,
+            f"""
+            SELECT {set_index["labels"]}, tenant, suggestion_id, NULL, request_id,
                 CASE WHEN status = 'dismissed_handwritten' THEN 'handwritten_text'
                      ELSE 'edited_text' END,
                 evidence_text, NULL, NULL, true, NULL, 1.0, {common}
-            FROM w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
-            UNION ALL
-            SELECT 'pairs', tenant, suggestion_id, NULL, request_id,
+            FROM b_w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
+            """,
+            f"""
+            SELECT {set_index["pairs"]}, tenant, suggestion_id, NULL, request_id,
                 CASE WHEN status = 'dismissed_handwritten' THEN 'dismissed_handwritten'
                      ELSE 'accepted_edited' END,
                 NULL, evidence_text,
                 CASE WHEN status = 'dismissed_handwritten' THEN completion ELSE inserted END,
                 NULL, NULL, 1.0, {common}
-            FROM w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
-            UNION ALL
-            SELECT 'pairs', a.tenant, a.suggestion_id, b.suggestion_id, a.request_id,
-                'choice_over_others', NULL, a.wanted_text, b.completion, NULL, NULL, 1.0,
-                a.evidence, a.evidence_sim, a.evidence_elapsed_s, a.language, a.model_version,
-                a.policy_version
-            FROM w a
-            JOIN accepted_per_request n ON n.tenant = a.tenant AND n.request_id = a.request_id
+            FROM b_w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
+            """,
+            # Requests with several choices, one of them accepted: the accepted one's wanted
+            # text over each other choice.
+            f"""
+            SELECT {set_index["pairs"]}, a.tenant, a.suggestion_id, b.suggestion_id,
+                a.request_id, 'choice_over_others', NULL, a.wanted_text, b.completion, NULL,
+                NULL, 1.0, a.evidence, a.evidence_sim, a.evidence_elapsed_s, a.language,
+                a.model_version, a.policy_version, a.crank, a.split
+            FROM b_w a
+            JOIN (
+                SELECT tenant, request_id FROM b_out SEMI JOIN (
+                    SELECT tenant, request_id FROM b_w WHERE accepted AND wanted_text IS NOT NULL
+                ) t USING (tenant, request_id)
+                GROUP BY ALL HAVING count(*) > 1 AND count(*) FILTER (WHERE accepted) = 1
+            ) n ON n.tenant = a.tenant AND n.request_id = a.request_id
             JOIN b_out b ON b.tenant = a.tenant AND b.request_id = a.request_id
                 AND b.suggestion_id <> a.suggestion_id
             WHERE a.accepted AND a.wanted_text IS NOT NULL
               AND gm_nonblank(b.completion) > 0
               AND gm_norm(b.completion) <> gm_norm(a.wanted_text)
-            UNION ALL
-            SELECT 'sft', tenant, suggestion_id, NULL, request_id, status, wanted_text, NULL,
-                NULL, NULL, NULL,
+            ORDER BY a.crank
+            """,
+            f"""
+            SELECT {set_index["sft"]}, tenant, suggestion_id, NULL, request_id, status,
+                wanted_text, NULL, NULL, NULL, NULL,
                 CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}
-            FROM w WHERE wanted_text IS NOT NULL AND gm_nonblank(wanted_text) > 0
-            UNION ALL
-            SELECT 'rewards', tenant, suggestion_id, NULL, request_id, status, completion, NULL,
-                NULL, NULL, {reward}, 1.0, {common}
-            FROM w
+            FROM b_w WHERE wanted_text IS NOT NULL AND gm_nonblank(wanted_text) > 0
+            """,
+            f"""
+            SELECT {set_index["rewards"]}, tenant, suggestion_id, NULL, request_id, status,
+                completion, NULL, NULL, NULL, {reward}, 1.0, {common}
+            FROM b_w
+            """,
+        ]
+        for sql in inserts:
+            self.db.execute("INSERT INTO b_rows " + sql)
+        self.drop("b_w")
+        self.timings["rows"] = round(time.perf_counter() - started, 3)
+        self.say(f"rows: {self.timings['rows']:.1f} s")
+        # Kept contexts have distinct context hashes, so crank stands for the hash here.
+        # Dedup and numbering run on a narrow table of integers (the row's rowid, its context
+        # rank and a 64-bit hash of its content); the wide rows are gathered per slice of
+        # contexts while writing. Two different rows of one set and context with colliding
+        # content hashes (about 1 in 2**64) would lose one.
+        self.step(
+            "numbering",
+            """
+            CREATE TABLE b_order AS
+            WITH j AS (
+                SELECT rowid AS rid, crank, split, set_index,
+                    hash(completion, chosen, rejected, label) AS content,
+                    suggestion_id, rule, coalesce(other_id, '') AS other
+                FROM b_rows
+            ),
+            deduped AS (
+                SELECT * FROM j
+                QUALIFY row_number() OVER (
+                    PARTITION BY set_index, crank, content
+                    ORDER BY suggestion_id, rule, other) = 1
+            )
+            SELECT rid, crank, split, set_index, row_number() OVER (
+                    PARTITION BY set_index, split ORDER BY crank, suggestion_id, rule, other) - 1
+                AS ord
+            FROM deduped
             """,
         )
 
     def contexts(self) -> None:
-        set_order = " ".join(f"WHEN {_q(name)} THEN {i}" for i, name in enumerate(SETS))
         key = self.config.context_key.hex()
         plain = ", ".join(_q(n) for n, f in TEMPLATE_FAMILIES.items() if f == "plain") or "''"
         split = self.doc.split
@@ -930,7 +993,8 @@ class _Builder:
                 min(s.user_hash) AS user_hash, min(s.file_path) AS file_path,
                 min(s.prompt_template) AS template,
                 arg_min(s.fid, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
-            FROM b_out s SEMI JOIN b_rows r USING (tenant, request_id)
+            FROM b_out s SEMI JOIN (SELECT tenant, request_id FROM b_out WHERE status IS NOT NULL)
+                r USING (tenant, request_id)
             GROUP BY s.tenant, s.request_id
             """
         )
@@ -1013,142 +1077,116 @@ class _Builder:
                 row_number() OVER (ORDER BY created_at, tenant, request_id) - 1 AS crank
             FROM b_ctx WHERE split IS NOT NULL
             """,
-            # Kept contexts have distinct context hashes, so crank stands for the hash here.
-            # Dedup and numbering run on a narrow table of integers (the row's rowid, its
-            # context rank and a 64-bit hash of its content); only then are the wide rows
-            # gathered, once, in file order: set, split, row. Two different rows of one set
-            # and context with colliding content hashes (about 1 in 2**64) would lose one.
-            f"""
-            CREATE TABLE b_order AS
-            WITH j AS (
-                SELECT r.rowid AS rid, c.crank, c.split, CASE r."set" {set_order} END
-                    AS set_index,
-                    hash(r.completion, r.chosen, r.rejected, r.label) AS content,
-                    r.suggestion_id, r.rule, coalesce(r.other_id, '') AS other
-                FROM b_rows r JOIN b_kctx c USING (tenant, request_id)
-            ),
-            deduped AS (
-                SELECT * FROM j
-                QUALIFY row_number() OVER (
-                    PARTITION BY set_index, crank, content
-                    ORDER BY suggestion_id, rule, other) = 1
-            )
-            SELECT rid, crank, split, set_index, row_number() OVER (
-                PARTITION BY set_index, split ORDER BY crank, suggestion_id, rule, other) - 1
-                AS ord
-            FROM deduped
-            """,
-            """
-            CREATE TABLE b_final AS
-            SELECT r.*, c.context_hash, c.split, c.shift, c.created_at AS ctx_created,
-                o.crank, o.set_index, o.ord
-            FROM b_order o JOIN b_rows r ON r.rowid = o.rid
-            JOIN b_kctx c ON c.crank = o.crank
-            ORDER BY o.set_index, o.split DESC, o.ord
-            """,
-            "DROP TABLE b_order",
         )
 
     # -- 7. files -----------------------------------------------------------------------------
 
     def write(self) -> dict[str, dict[str, Any]]:
+        """Every set and split, and beside each its lineage (row i of lineage/<set>/<split>
+        explains row i of <set>/<split>), in one pass over the contexts in output order."""
         started = time.perf_counter()
-        writers: dict[tuple[str, str], _SetWriter] = {}
+        writers: dict[tuple[str, str], tuple[_SetWriter, _SetWriter]] = {}
         for set_name, schema in SETS.items():
             for split in SPLITS:
                 path = self.work / set_name / f"{split}.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                writers[(set_name, split)] = _SetWriter(path, schema, self.config.row_group_rows)
+                trail = self.work / "lineage" / set_name / f"{split}.parquet"
+                trail.parent.mkdir(parents=True, exist_ok=True)
+                writers[(set_name, split)] = (
+                    _SetWriter(path, schema, self.config.row_group_rows),
+                    _SetWriter(trail, LINEAGE_SCHEMA, self.config.row_group_rows),
+                )
         set_names = list(SETS)
+        lineage_names = [n for n in LINEAGE_SCHEMA.names if n not in ("set", "split")]
         (contexts,) = self.db.rows("SELECT count(*) FROM b_kctx")[0]
-        lineage = self.work / "lineage.parquet"
-        # Parquet encoding runs in threads (pyarrow releases the GIL), one per file so each
-        # file's rows stay in order, while DuckDB renders the next slice.
-        pools = {key: ThreadPoolExecutor(1) for key in [*writers, "lineage"]}
+        # Parquet encoding runs in threads (pyarrow releases the GIL), one per set and split so
+        # each file's rows stay in order, while DuckDB gathers the next slice.
+        pools = {key: ThreadPoolExecutor(1) for key in writers}
+
+        def put(key: tuple[str, str], rows: pa.Table, trail: pa.Table) -> None:
+            writers[key][0].write(rows)
+            writers[key][1].write(trail)
+
         try:
-            lineage_done = pools["lineage"].submit(self._write_lineage, lineage)
             in_flight: list[Future[None]] = []
             # Contexts in slices of output order: each slice renders its prompts once (reading
-            # only the files that hold them) and every set takes its rows' prompts from there.
+            # only the files that hold them) and gathers its rows (b_rows and b_order hold each
+            # rule's rows in context order, so a slice reads a few runs of them).
             for low in range(0, contexts, _PROMPT_SLICE):
                 high = min(low + _PROMPT_SLICE, contexts)
                 prompts = self._prompts(low, high)
                 rows = _arrow(
                     self.db,
                     f"""
-                    SELECT set_index, split, crank - {low} AS at,
-                        CASE WHEN completion IS NOT NULL THEN shift || completion END
+                    SELECT o.set_index, o.split, o.crank - {low} AS at,
+                        CASE WHEN r.completion IS NOT NULL THEN k.shift || r.completion END
                             AS completion,
-                        CASE WHEN chosen IS NOT NULL THEN shift || chosen END AS chosen,
-                        CASE WHEN rejected IS NOT NULL THEN shift || rejected END AS rejected,
-                        label, reward
-                    FROM b_final WHERE crank >= {low} AND crank < {high}
-                    ORDER BY set_index, split DESC, ord
+                        CASE WHEN r.chosen IS NOT NULL THEN k.shift || r.chosen END AS chosen,
+                        CASE WHEN r.rejected IS NOT NULL THEN k.shift || r.rejected END
+                            AS rejected,
+                        r.label, r.reward, o.ord AS "row", r.tenant, r.suggestion_id,
+                        r.other_id AS other_suggestion_id, r.request_id, r.rule, r.weight,
+                        k.context_hash, k.created_at, r.language, r.model_version,
+                        r.policy_version, r.evidence, r.similarity, r.elapsed_s
+                    FROM (SELECT * FROM b_order WHERE crank >= {low} AND crank < {high}) o
+                    JOIN (SELECT rowid AS rid, * FROM b_rows
+                          WHERE crank >= {low} AND crank < {high}) r ON r.rid = o.rid
+                    JOIN (SELECT crank, shift, context_hash, created_at FROM b_kctx
+                          WHERE crank >= {low} AND crank < {high}) k ON k.crank = o.crank
+                    ORDER BY o.set_index, o.split DESC, o.ord
                     """,
                 )
                 submitted = []
                 for (set_index, split), chunk in _runs(rows, ("set_index", "split")):
                     key = (set_names[set_index], split)
-                    writer = writers[key]
+                    writer = writers[key][0]
                     columns = {"prompt": prompts.take(chunk.column("at").combine_chunks())}
                     for name in writer.schema.names[1:]:
                         columns[name] = chunk.column(name)
                     table = pa.table(columns).cast(writer.schema)
-                    submitted.append(pools[key].submit(writer.write, table))
+                    n = chunk.num_rows
+                    trail = {
+                        "set": pa.array([key[0]] * n, pa.string()),
+                        "split": pa.array([split] * n, pa.string()),
+                    }
+                    for name in lineage_names:
+                        trail[name] = chunk.column(name)
+                    trail_table = pa.table(trail).cast(LINEAGE_SCHEMA)
+                    self._tally(key, chunk)
+                    submitted.append(pools[key].submit(put, key, table, trail_table))
                 del prompts, rows
                 for future in in_flight:  # at most two slices in memory
                     future.result()
                 in_flight = submitted
             for future in in_flight:
                 future.result()
-            lineage_done.result()
         finally:
             for pool in pools.values():
                 pool.shutdown(wait=True, cancel_futures=True)
-            for writer in writers.values():
-                writer.close()
+            for pair in writers.values():
+                for writer in pair:
+                    writer.close()
         self.timings["write"] = round(time.perf_counter() - started, 3)
         self.say(f"write: {self.timings['write']:.1f} s")
         files: dict[str, dict[str, Any]] = {}
-        for (set_name, split), writer in sorted(writers.items()):
+        for (set_name, split), (writer, trail) in sorted(writers.items()):
             files[f"{set_name}/{split}.parquet"] = writer.summary()
-        files["lineage.parquet"] = _file_summary(lineage, pq.read_metadata(lineage).num_rows)
+            files[f"lineage/{set_name}/{split}.parquet"] = trail.summary()
         return files
 
-    def _write_lineage(self, path: Path) -> None:
-        """DuckDB writes the lineage file itself (a third of the write's CPU went to moving
-        these rows through Arrow). b_final was created in file order (set, split, row) and a
-        plain scan keeps insertion order, which saves sorting every row again; the file's
-        order is checked after."""
-        cursor = self.db.cursor()
-        try:
-            cursor.execute(
-                f"""
-                COPY (
-                    SELECT "set", split, ord AS "row", tenant, suggestion_id,
-                        other_id AS other_suggestion_id, request_id, rule, weight,
-                        context_hash, ctx_created AS created_at, language, model_version,
-                        policy_version, evidence, similarity, elapsed_s
-                    FROM b_final
-                ) TO {_q(str(path))} (FORMAT parquet, COMPRESSION zstd,
-                    ROW_GROUP_SIZE {self.config.row_group_rows})
-                """
-            )
-        except duckdb.Error as exc:
-            raise BuildFailed(f"cannot write the lineage: {exc}") from exc
-        finally:
-            cursor.close()
-        order = pq.read_table(path, columns=["set", "split", "row"])
-        if order.num_rows:
-            set_index = {name: i for i, name in enumerate(SETS)}
-            sets = np.array([set_index[v] for v in order.column("set").to_pylist()], np.int64)
-            evals = pc.equal(order.column("split"), "eval").to_numpy(zero_copy_only=False)
-            keys = (sets * 2 + evals) * (1 << 40) + order.column("row").to_numpy()
-            if (np.diff(keys) <= 0).any():
-                raise BuildFailed("lineage rows came out of order")
-        written = pq.read_schema(path)
-        if [(f.name, f.type) for f in written] != [(f.name, f.type) for f in LINEAGE_SCHEMA]:
-            raise BuildFailed(f"lineage schema is {written}")
+    def _tally(self, key: tuple[str, str], chunk: pa.Table) -> None:
+        """Count a chunk of rows of one set and split for the card."""
+        counted = chunk.group_by(["rule", "label"]).aggregate([("row", "count")])
+        for rule, label, n in zip(
+            counted.column("rule").to_pylist(),
+            counted.column("label").to_pylist(),
+            counted.column("row_count").to_pylist(),
+            strict=True,
+        ):
+            entry = (key[0], key[1], rule, label)
+            self.row_counts[entry] = self.row_counts.get(entry, 0) + n
+        for name, seen in self.distinct.items():
+            seen.update(v for v in pc.unique(chunk.column(name)).to_pylist() if v is not None)
 
     def _prompts(self, low: int, high: int) -> pa.Array:
         """The training prompts of contexts low..high-1 (by crank), in that order."""
@@ -1185,8 +1223,8 @@ class _Builder:
     def card(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rules = self.config.rules
         counts: dict[str, Any] = {}
-        for set_name, split, rule, label, n in self.db.rows(
-            'SELECT "set", split, rule, label, count(*) FROM b_final GROUP BY ALL ORDER BY ALL'
+        for (set_name, split, rule, label), n in sorted(
+            self.row_counts.items(), key=lambda item: repr(item[0])
         ):
             entry = counts.setdefault(set_name, {"rows": 0, "by_split": {}, "by_rule": {}})
             entry["rows"] += n
@@ -1225,9 +1263,9 @@ class _Builder:
         (considered,) = self.db.rows("SELECT count(*) FROM b_out")[0]
         used = self.db.rows(
             """
-            SELECT epoch_us(min(ctx_created)), epoch_us(max(ctx_created)),
+            SELECT epoch_us(min(created_at)), epoch_us(max(created_at)),
                 count(DISTINCT context_hash)
-            FROM b_final
+            FROM b_kctx k SEMI JOIN b_order o ON o.crank = k.crank
             """
         )[0]
         split_contexts = dict(
@@ -1239,12 +1277,7 @@ class _Builder:
         cutoff = self.db.rows("SELECT epoch_us(cutoff) FROM b_cut")[0][0]
 
         def distinct(column: str) -> list[str]:
-            return [
-                r[0]
-                for r in self.db.rows(
-                    f"SELECT DISTINCT {column} FROM b_final WHERE {column} IS NOT NULL ORDER BY 1"
-                )
-            ]
+            return sorted(self.distinct[column])
 
         evidence = dict(
             self.db.rows(

@@ -172,4 +172,8 @@ def read_set(snapshot: Any, name: str, split: str = "train") -> list[dict[str, A
 def lineage(snapshot: Any) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(snapshot.path / "lineage.parquet").to_pylist()
+    rows: list[dict[str, Any]] = []
+    for name in ("pairs", "labels", "rewards", "sft"):
+        for split in ("train", "eval"):
+            rows += pq.read_table(snapshot.path / "lineage" / name / f"{split}.parquet").to_pylist()
+    return rows

@@ -344,8 +344,9 @@ _MACROS = [
     # Both arguments already normalized (gm_norm of their first MAX_COMPARE_CHARS characters).
     "CREATE MACRO gm_sim_norm(na, nb) AS CASE WHEN na = nb THEN 1.0 "
     "ELSE 1.0 - levenshtein(na, nb) / greatest(length(na), length(nb)) END",
-    f"CREATE MACRO gm_similarity(a, b) AS gm_sim_norm(gm_norm(substr(a, 1, {MAX_COMPARE_CHARS})), "
-    f"gm_norm(substr(b, 1, {MAX_COMPARE_CHARS})))",
+    # Equal texts are equal when normalized: most kept suggestions skip the normalizing.
+    f"CREATE MACRO gm_similarity(a, b) AS CASE WHEN a = b THEN 1.0 ELSE gm_sim_norm(gm_norm("
+    f"substr(a, 1, {MAX_COMPARE_CHARS})), gm_norm(substr(b, 1, {MAX_COMPARE_CHARS}))) END",
     "CREATE MACRO gm_render(template, prefix, suffix) AS "
     + render_template_sql("template", "prefix", "suffix"),
 ]

@@ -464,34 +464,34 @@ class _Builder:
         # Requests per file in time order; okey is unique per file stream (ties broken by a
         # hash of the request id), which keeps the ASOF joins below deterministic. A file
         # stream (tenant, user, file) is keyed by a 64-bit hash: two streams would have to
-        # collide (about 1 in 2**64 per pair) to see each other's requests.
+        # collide (about 1 in 2**64 per pair) to see each other's requests. A request is keyed
+        # the same way (rk, a hash of tenant and request id): narrow integer keys make this
+        # grouping of millions of requests twice as fast as the strings.
         self.step(
             "requests",
-            """
+            f"""
             CREATE TABLE b_req AS
             WITH r AS (
-                SELECT s.tenant, s.request_id, min(s.user_hash) AS user_hash,
-                    min(s.file_path) AS file_path, min(s.created_at) AS created_at,
-                    arg_min(s.fid, (s.choice_index, s.suggestion_id)) AS rep_file,
-                    arg_min(s._row, (s.choice_index, s.suggestion_id)) AS rep_row,
+                SELECT hash(s.tenant, s.request_id) AS rk,
+                    min(hash(s.tenant, s.user_hash, s.file_path)) AS stream,
+                    min(s.created_at) AS created_at,
+                    arg_min(s.sk, (s.choice_index, s.suggestion_id)) AS rep,
                     min(s.source) AS source,
-                    bool_or(coalesce(f.accepted, false)) AS edit_accepted
+                    bool_or(coalesce(f.accepted, false)) AS edit_accepted,
+                    min(hash(s.request_id)) AS request_hash
                 FROM b_sugg s LEFT JOIN b_facts f ON f.sk = s.sk
                 WHERE s.file_path IS NOT NULL AND s.source <> 'chat'
-                GROUP BY s.tenant, s.request_id
+                GROUP BY rk
             )
-            SELECT *,
+            SELECT rk, stream, created_at, source, edit_accepted,
+                rep // {_SK_FILE} AS rep_file, rep % {_SK_FILE} AS rep_row,
                 epoch_us(created_at) * 1024 + (row_number() OVER (
                     PARTITION BY stream, created_at ORDER BY request_hash
                 ) - 1) AS okey,
                 (epoch_us(lead(created_at) OVER (
                     PARTITION BY stream ORDER BY created_at, request_hash
                 )) - epoch_us(created_at)) / 1000.0 AS gap_ms
-            FROM (
-                SELECT *, hash(tenant, user_hash, file_path) AS stream,
-                    hash(request_id) AS request_hash
-                FROM r
-            )
+            FROM r
             """,
             """
             CREATE TABLE b_tclients AS
@@ -554,7 +554,7 @@ class _Builder:
                 END AS pre_excluded
             FROM b_sugg s
             LEFT JOIN b_facts f ON f.sk = s.sk
-            LEFT JOIN b_req r ON r.tenant = s.tenant AND r.request_id = s.request_id
+            LEFT JOIN b_req r ON r.rk = hash(s.tenant, s.request_id)
             LEFT JOIN b_tclients tc ON tc.tenant = s.tenant AND tc.user_hash = s.user_hash
                 AND tc.client_name = s.client_name
             """,
@@ -918,18 +918,21 @@ class _Builder:
             # Requests with several choices, one of them accepted: the accepted one's wanted
             # text over each other choice.
             f"""
+            WITH n AS (
+                SELECT tenant, request_id FROM b_out SEMI JOIN (
+                    SELECT tenant, request_id FROM b_w WHERE accepted AND wanted_text IS NOT NULL
+                ) t USING (tenant, request_id)
+                GROUP BY ALL HAVING count(*) > 1 AND count(*) FILTER (WHERE accepted) = 1
+            )
             SELECT {set_index["pairs"]}, a.tenant, a.suggestion_id, b.suggestion_id,
                 a.request_id, 'choice_over_others', NULL, a.wanted_text, b.completion, NULL,
                 NULL, 1.0, a.evidence, a.evidence_sim, a.evidence_elapsed_s, a.language,
                 a.model_version, a.policy_version, a.crank, a.split
             FROM b_w a
-            JOIN (
-                SELECT tenant, request_id FROM b_out SEMI JOIN (
-                    SELECT tenant, request_id FROM b_w WHERE accepted AND wanted_text IS NOT NULL
-                ) t USING (tenant, request_id)
-                GROUP BY ALL HAVING count(*) > 1 AND count(*) FILTER (WHERE accepted) = 1
-            ) n ON n.tenant = a.tenant AND n.request_id = a.request_id
-            JOIN b_out b ON b.tenant = a.tenant AND b.request_id = a.request_id
+            JOIN n ON n.tenant = a.tenant AND n.request_id = a.request_id
+            JOIN (SELECT tenant, request_id, suggestion_id, completion FROM b_out
+                  SEMI JOIN n USING (tenant, request_id)) b
+              ON b.tenant = a.tenant AND b.request_id = a.request_id
                 AND b.suggestion_id <> a.suggestion_id
             WHERE a.accepted AND a.wanted_text IS NOT NULL
               AND gm_nonblank(b.completion) > 0

@@ -1072,12 +1072,14 @@ class _Builder:
                 SELECT 1 FROM b_ctx e WHERE e.split = 'eval' AND e.tenant = b_ctx.tenant
                   AND e.user_hash = b_ctx.user_hash AND e.file_path = b_ctx.file_path)
             """,
-            # Contexts that reach the sets, numbered in output order (time, tenant, request):
-            # every sort and join below is on this integer.
+            # Contexts that reach the sets, numbered in output order: storage order (the store
+            # file and row their prompt is read from), so each slice of contexts the writer
+            # renders reads a few store files once, whatever time range a file covers (landing
+            # batches, compacted days). Every sort and join below is on this integer.
             """
             CREATE TABLE b_kctx AS
             SELECT tenant, request_id, f, w, template, shift, context_hash, split, created_at,
-                row_number() OVER (ORDER BY created_at, tenant, request_id) - 1 AS crank
+                row_number() OVER (ORDER BY f, w) - 1 AS crank
             FROM b_ctx WHERE split IS NOT NULL
             """,
         )

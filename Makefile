@@ -14,6 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -c 'from feedback_store._native import main; main()'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

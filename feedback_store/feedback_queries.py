@@ -60,9 +60,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import _native
 from ._layout import visible_files
 from .compaction import BATCH_ORDER_SQL
 from .errors import QueryError
@@ -512,6 +514,17 @@ def right_sql(expr: str, chars: int) -> str:
     return f"substr({expr}, -{chars})" if chars > 0 else "''"
 
 
+def _cut_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str:
+    """The source rows with their texts cut to the windows of ``params``."""
+    return f"""
+    SELECT {", ".join(keys)}, accepted, coalesce(inserted, '') AS inserted,
+        {right_sql("coalesce(prefix, '')", params.prefix_tail_chars + 1)} AS prefix_tail,
+        substr(coalesce(suffix, ''), 1, {params.suffix_head_chars}) AS suffix_head,
+        {right_sql("coalesce(later_prefix, '')", params.later_prefix_chars)} AS later_prefix,
+        substr(coalesce(later_suffix, ''), 1, {params.later_suffix_chars}) AS later_suffix
+    FROM ({source_sql})"""
+
+
 def _exact_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str:
     """One pass: rows with an exact anchor get their match, the others their cut texts (for the
     Python fuzzy matcher). CASE guards keep the expensive expressions to the rows needing them
@@ -519,13 +532,7 @@ def _exact_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str
     key_list = ", ".join(keys)
     nl = "chr(10)"
     return f"""
-WITH src AS (
-    SELECT {key_list}, accepted, coalesce(inserted, '') AS inserted,
-        {right_sql("coalesce(prefix, '')", params.prefix_tail_chars + 1)} AS prefix_tail,
-        substr(coalesce(suffix, ''), 1, {params.suffix_head_chars}) AS suffix_head,
-        {right_sql("coalesce(later_prefix, '')", params.later_prefix_chars)} AS later_prefix,
-        substr(coalesce(later_suffix, ''), 1, {params.later_suffix_chars}) AS later_suffix
-    FROM ({source_sql})),
+WITH src AS ({_cut_sql(source_sql, keys, params)}),
 a AS (
     SELECT *, later_prefix || later_suffix AS o, length(later_prefix) AS cur,
         {right_sql(right_sql("prefix_tail", params.prefix_tail_chars), params.anchor_chars)}
@@ -615,49 +622,83 @@ def match_later_requests(
     params: MatchParams,
     *,
     on_batch: Callable[[int], None] | None = None,
+    native: bool | None = None,
 ) -> None:
     """Create ``out_table``: for each row of ``source_sql`` (an insertion and one later request),
     its ``keys`` plus the SpanMatch fields and ``similarity`` (see the module docstring).
 
     ``source_sql`` yields the key columns and ``prefix``, ``suffix`` (of the original request),
     ``inserted``, ``later_prefix``, ``later_suffix`` (of the later one) and ``accepted``; they are
-    cut to the windows of ``params`` in SQL. Rows whose exact anchor is missing go through
-    ``match_later_text`` in Python; the rest never leave DuckDB's vectorized string functions.
+    cut to the windows of ``params`` in SQL. Rows with an exact anchor are matched by the
+    compiled matcher (feedback_store._native) or, without it (``native=False``, or no C
+    compiler), by DuckDB's vectorized string functions; rows without one that could still match
+    go through ``match_later_text`` in Python. Both paths give the same results.
     ``source_sql`` may also be a sequence of (sql, parameters) chunks, matched one after the
     other into the same table (joins of a few hundred thousand texts stay in memory).
     """
+    if native is None:
+        native = _native.available()
     sources = [(source_sql, None)] if isinstance(source_sql, str) else list(source_sql)
     key_names = [name for name, _ in keys]
     definition = ", ".join(
         [f"{name} {sql_type}" for name, sql_type in keys]
         + [f"{name} {_DUCK_TYPES[dtype]}" for name, dtype in _MATCH_COLUMNS]
+        + ["similarity DOUBLE"]
     )
     db.execute(f"CREATE TABLE {out_table}_raw ({definition})")
+    make_sql = _cut_sql if native else _exact_sql
     batches = (
         batch
         for sql, sql_params in sources
-        for batch in db.batches(_exact_sql(sql, key_names, params), sql_params)
+        for batch in db.batches(make_sql(sql, key_names, params), sql_params)
     )
     for batch in batches:
         table = pa.Table.from_batches([batch])
-        found = table.column("found")
-        possible = table.column("fuzzy_possible")
-        # Matched exactly, or not even matchable without whitespace: decided in SQL.
-        decided = table.filter(pc.or_(found, pc.invert(possible)))
-        decided = decided.select(key_names + [n for n, _ in _MATCH_COLUMNS])
+        if native:
+            decided, missing = _native_matches(table, key_names, params)
+        else:
+            found = table.column("found")
+            possible = table.column("fuzzy_possible")
+            # Matched exactly, or not even matchable without whitespace: decided in SQL.
+            decided = table.filter(pc.or_(found, pc.invert(possible)))
+            decided = decided.select(key_names + [n for n, _ in _MATCH_COLUMNS])
+            missing = table.filter(pc.and_(pc.invert(found), possible))
         if decided.num_rows:
             db.insert(f"{out_table}_raw", decided)
-        missing = table.filter(pc.and_(pc.invert(found), possible))
         if missing.num_rows:
-            fuzzy = _python_matches(missing, key_names, params)
-            db.insert(f"{out_table}_raw", fuzzy)
+            db.insert(f"{out_table}_raw", _python_matches(missing, key_names, params))
         if on_batch is not None:
             on_batch(table.num_rows)
     db.execute(
-        f"CREATE TABLE {out_table} AS SELECT *, CASE WHEN found THEN "
-        f"gm_similarity(compare_from, compare_to) END AS similarity FROM {out_table}_raw"
+        f"CREATE TABLE {out_table} AS SELECT * EXCLUDE (similarity), CASE WHEN found THEN "
+        f"coalesce(similarity, gm_similarity(compare_from, compare_to)) END AS similarity "
+        f"FROM {out_table}_raw"
     )
     db.execute(f"DROP TABLE {out_table}_raw")
+
+
+def _native_matches(
+    table: pa.Table, key_names: list[str], params: MatchParams
+) -> tuple[pa.Table, pa.Table]:
+    """(rows decided by the compiled matcher, rows that need the Python matcher)."""
+    result = _native.match(table, params, MAX_COMPARE_CHARS)
+    flags = result.flags
+    found = (flags & _native.FOUND) != 0
+    python = ~found & ((flags & _native.POSSIBLE) != 0)
+    columns: dict[str, pa.Array] = {name: table.column(name) for name in key_names}
+    columns["found"] = pa.array(found)
+    columns["complete"] = pa.array((flags & _native.COMPLETE) != 0)
+    columns["method"] = pa.array(np.where(found, "exact", "none"), pa.string())
+    columns["text"] = result.text
+    columns["compare_from"] = result.compare_from
+    columns["compare_to"] = result.compare_to
+    columns["clean"] = pa.array((flags & _native.CLEAN) != 0)
+    columns["moved_found"] = pa.array((flags & _native.MOVED) != 0)
+    columns["similarity"] = pc.if_else(
+        pa.array(found), pa.array(result.similarity), pa.scalar(None, pa.float64())
+    )
+    decided = pa.table(columns).filter(pa.array(~python))
+    return decided, table.filter(pa.array(python))
 
 
 _DUCK_TYPES = {pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR"}

@@ -479,7 +479,8 @@ def _replay_kl(model: Any, batch: Any, peft_model: Any = None) -> Any:
     with torch.no_grad(), (peft_model or model).disable_adapter():
         base = F.log_softmax(model(input_ids=batch).logits.float(), dim=-1)
     tuned = F.log_softmax(model(input_ids=batch).logits.float(), dim=-1)
-    return F.kl_div(tuned, base, log_target=True, reduction="sum") / (batch.shape[0] * batch.shape[1])
+    tokens = batch.shape[0] * batch.shape[1]
+    return F.kl_div(tuned, base, log_target=True, reduction="sum") / tokens
 
 
 def _with_replay(
@@ -809,7 +810,11 @@ def _run_quietly(
         chunks = _replay_chunks(tokenizer, texts, max_length)
         replay_info = {**replay_info, "sequences": int(chunks.shape[0]), "seq_len": max_length}
         trainer_cls = _with_replay(
-            trainer_cls, chunks, config.replay_weight, config.replay_batch_size, config.seed,
+            trainer_cls,
+            chunks,
+            config.replay_weight,
+            config.replay_batch_size,
+            config.seed,
             config.replay_loss,
         )
     try:

@@ -65,7 +65,6 @@ def test_when_no_model_exists_then_serve_bootstraps_by_the_step_budget(tmp_path,
     replaced here: pretraining 800 steps takes ~20 min (tests/trainer/test_bootstrap.py runs
     the real thing on a tiny preset)."""
     import trainer
-
     from gateway.cli import _ensure_model
     from gateway.settings import Settings
 

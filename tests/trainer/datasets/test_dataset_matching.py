@@ -218,3 +218,142 @@ def test_when_rows_matched_in_sql_then_results_equal_the_python_matcher(tmp_path
             assert got[row["k"]][8] == pytest.approx(
                 edit_similarity(match.compare_from, match.compare_to)
             )
+
+
+def _random_rows(seed: int, n: int, params: MatchParams) -> list[dict]:
+    """Insertions and later texts built from code-like pieces (tabs, CR, blank lines, non-ASCII
+    and astral characters), with the later text often carrying the prefix's tail."""
+    import random
+
+    rng = random.Random(seed)
+    atoms = [
+        "def f(x):",
+        "    ",
+        "\t",
+        "\n",
+        "\n\n",
+        " ",
+        "return x",
+        "s += i.price",
+        "é",
+        "日本",
+        "😀",
+        "x",
+        "(",
+        ")",
+        "  # c",
+        "\r",
+        "if a:",
+        "pass",
+        "    return s",
+    ]
+
+    def text(most: int) -> str:
+        return "".join(rng.choice(atoms) for _ in range(rng.randint(0, most)))
+
+    rows = []
+    for k in range(n):
+        prefix, inserted, suffix = text(30), text(6), text(10)
+        if rng.random() < 0.6:
+            start = rng.randint(0, max(0, len(prefix) - rng.choice([5, 40, 200])))
+            later = prefix[start:] + rng.choice([inserted, text(4), inserted + text(2)]) + text(6)
+            later += suffix if rng.random() < 0.5 else text(8)
+            cursor = rng.randint(0, len(later))
+            later_prefix, later_suffix = later[:cursor], later[cursor:]
+        else:
+            later_prefix, later_suffix = text(30), text(10)
+        rows.append(
+            {
+                "k": k,
+                "prefix": prefix,
+                "suffix": suffix,
+                "inserted": inserted,
+                "later_prefix": later_prefix,
+                "later_suffix": later_suffix,
+                "accepted": rng.random() < 0.7,
+            }
+        )
+    return rows
+
+
+FUZZ_PARAMS = [
+    MatchParams(),
+    MatchParams(
+        anchor_chars=8,
+        min_anchor_chars=2,
+        prefix_tail_chars=40,
+        later_prefix_chars=60,
+        later_suffix_chars=20,
+        suffix_head_chars=12,
+        span_slack_chars=3,
+        moved_min_chars=2,
+        right_anchor_min_chars=1,
+    ),
+]
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["sql", "compiled"])
+@pytest.mark.parametrize("params", FUZZ_PARAMS, ids=["default", "small-windows"])
+def test_when_random_rows_matched_then_each_path_equals_the_python_matcher(
+    tmp_path: Path, native: bool, params: MatchParams
+) -> None:
+    """The compiled matcher needs a C compiler (cc); the SQL path runs everywhere."""
+    from feedback_store import _native
+
+    if native and not _native.available():
+        pytest.skip("no C compiler (cc) to build feedback_store/_match.c")
+    rows = _random_rows(7, 1500, params)
+    with FeedbackDB(tmp_path) as db:
+        db.con.register("rows_view", pa.Table.from_pylist(rows))
+        db.execute("CREATE TABLE rows AS SELECT * FROM rows_view")
+        match_later_requests(
+            db, "SELECT * FROM rows", [("k", "BIGINT")], "out", params, native=native
+        )
+        got = {
+            r[0]: r[1:]
+            for r in db.rows(
+                "SELECT k, found, complete, method, text, compare_from, compare_to, clean, "
+                "moved_found, similarity FROM out"
+            )
+        }
+    assert len(got) == len(rows)
+    methods = set()
+    for row in rows:
+        match = match_later_text(
+            row["prefix"],
+            row["suffix"],
+            row["inserted"],
+            row["later_prefix"],
+            row["later_suffix"],
+            params,
+            accepted=row["accepted"],
+        )
+        expected = (
+            match.found,
+            match.complete,
+            match.method,
+            match.text,
+            match.compare_from,
+            match.compare_to,
+            match.clean,
+            match.moved_found,
+        )
+        assert got[row["k"]][:8] == expected, row
+        if match.found:
+            assert got[row["k"]][8] == pytest.approx(
+                edit_similarity(match.compare_from, match.compare_to), abs=1e-12
+            )
+        methods.add(match.method)
+    assert methods == {"exact", "fuzzy", "none"}  # every branch was exercised
+
+
+def test_when_native_matcher_disabled_then_it_is_not_available(monkeypatch) -> None:
+    import feedback_store._native as native
+
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("GRISTMILL_NATIVE", "0")
+    assert not native.available()
+    with pytest.raises(RuntimeError, match="not available"):
+        native.match(pa.table({"accepted": [True]}), MatchParams(), 2000)
+    monkeypatch.setattr(native, "_tried", False)

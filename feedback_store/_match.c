@@ -405,9 +405,15 @@ const uint8_t *gm_out_data(result *r, int k) { return r->data[k].p; }
 const int64_t *gm_out_offsets(result *r, int k) { return r->offsets[k]; }
 int gm_failed(result *r) { return r->failed; }
 
-/* Match n rows. offsets[k] points at n + 1 int64 offsets into data[k] (column k of N_IN). */
-result *gm_match(int64_t n, const int64_t *const *offsets, const uint8_t *const *data,
-                 const uint8_t *accepted, const int64_t *prm, uint8_t *flags, double *sims) {
+static int64_t at_offset(const void *offsets, uint8_t wide, int64_t i) {
+    return wide ? ((const int64_t *)offsets)[i] : (int64_t)((const int32_t *)offsets)[i];
+}
+
+/* Match n rows. offsets[k] points at n + 1 offsets into data[k] (column k of N_IN), int64 when
+ * wide[k] (Arrow large_string), else int32 (Arrow string). */
+result *gm_match(int64_t n, const void *const *offsets, const uint8_t *wide,
+                 const uint8_t *const *data, const uint8_t *accepted, const int64_t *prm,
+                 uint8_t *flags, double *sims) {
     result *r = calloc(1, sizeof(result));
     if (!r) return NULL;
     for (int k = 0; k < N_OUT; k++) {
@@ -418,7 +424,9 @@ result *gm_match(int64_t n, const int64_t *const *offsets, const uint8_t *const 
     memset(&s, 0, sizeof(s));
     for (int64_t i = 0; i < n && !r->failed; i++) {
         for (int k = 0; k < N_IN; k++) {
-            if (decode(data[k] + offsets[k][i], offsets[k][i + 1] - offsets[k][i], &s.in[k])) {
+            int64_t a = at_offset(offsets[k], wide[k], i);
+            int64_t b = at_offset(offsets[k], wide[k], i + 1);
+            if (decode(data[k] + a, b - a, &s.in[k])) {
                 r->failed = 1;
                 break;
             }

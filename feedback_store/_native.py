@@ -91,7 +91,7 @@ def _load() -> ctypes.CDLL | None:
             return None
         p = ctypes.c_void_p
         lib.gm_match.restype = p
-        lib.gm_match.argtypes = [ctypes.c_int64, p, p, p, p, p, p]
+        lib.gm_match.argtypes = [ctypes.c_int64, p, p, p, p, p, p, p]
         lib.gm_free.argtypes = [p]
         lib.gm_failed.argtypes = [p]
         lib.gm_out_size.restype = ctypes.c_int64
@@ -127,11 +127,13 @@ class NativeMatch:
         self.compare_to = compare_to
 
 
-def _large(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+def _strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One string or large_string array, nulls as empty strings."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    array = array.cast(pa.large_string()).fill_null("")
-    if array.offset:
-        array = pa.concat_arrays([array])  # offset 0
+    if array.type not in (pa.string(), pa.large_string()):
+        array = array.cast(pa.large_string())
+    if array.null_count:  # a null's offsets need not be equal
+        array = array.fill_null("")
     return array
 
 
@@ -141,13 +143,15 @@ def match(table: pa.Table, params: object, max_compare_chars: int) -> NativeMatc
     if lib is None:
         raise RuntimeError("the native matcher is not available")
     n = table.num_rows
-    columns = [_large(table.column(name)) for name in INPUTS]
+    columns = [_strings(table.column(name)) for name in INPUTS]
     offsets = (ctypes.c_void_p * len(INPUTS))()
     data = (ctypes.c_void_p * len(INPUTS))()
+    wide = np.zeros(len(INPUTS), np.uint8)
     keep = []
     for k, array in enumerate(columns):
         _, offset_buffer, data_buffer = array.buffers()
-        offsets[k] = offset_buffer.address
+        wide[k] = array.type == pa.large_string()
+        offsets[k] = offset_buffer.address + array.offset * (8 if wide[k] else 4)
         # An all-empty column may have no data buffer: point at a byte of our own.
         if data_buffer is None or data_buffer.size == 0:
             empty = np.zeros(1, np.uint8)
@@ -166,6 +170,7 @@ def match(table: pa.Table, params: object, max_compare_chars: int) -> NativeMatc
     handle = lib.gm_match(
         n,
         ctypes.addressof(offsets),
+        wide.ctypes.data,
         ctypes.addressof(data),
         accepted.ctypes.data,
         knobs.ctypes.data,

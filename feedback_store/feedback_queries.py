@@ -55,6 +55,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -652,23 +653,37 @@ def match_later_requests(
         for sql, sql_params in sources
         for batch in db.batches(make_sql(sql, key_names, params), sql_params)
     )
-    for batch in batches:
-        table = pa.Table.from_batches([batch])
+
+    def split(table: pa.Table) -> tuple[pa.Table, pa.Table]:
         if native:
-            decided, missing = _native_matches(table, key_names, params)
-        else:
-            found = table.column("found")
-            possible = table.column("fuzzy_possible")
-            # Matched exactly, or not even matchable without whitespace: decided in SQL.
-            decided = table.filter(pc.or_(found, pc.invert(possible)))
-            decided = decided.select(key_names + [n for n, _ in _MATCH_COLUMNS])
-            missing = table.filter(pc.and_(pc.invert(found), possible))
+            return _native_matches(table, key_names, params)
+        found = table.column("found")
+        possible = table.column("fuzzy_possible")
+        # Matched exactly, or not even matchable without whitespace: decided in SQL.
+        decided = table.filter(pc.or_(found, pc.invert(possible)))
+        decided = decided.select(key_names + [n for n, _ in _MATCH_COLUMNS])
+        return decided, table.filter(pc.and_(pc.invert(found), possible))
+
+    def store(table: pa.Table, decided: pa.Table, missing: pa.Table) -> None:
         if decided.num_rows:
             db.insert(f"{out_table}_raw", decided)
         if missing.num_rows:
             db.insert(f"{out_table}_raw", _python_matches(missing, key_names, params))
         if on_batch is not None:
             on_batch(table.num_rows)
+
+    # The compiled matcher runs in a thread (ctypes releases the GIL) while DuckDB produces the
+    # next batch; one batch in flight keeps the order of inserts and the memory bounded.
+    with ThreadPoolExecutor(1) as pool:
+        pending: tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]] | None = None
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            job = pool.submit(split, table)
+            if pending is not None:
+                store(pending[0], *pending[1].result())
+            pending = (table, job)
+        if pending is not None:
+            store(pending[0], *pending[1].result())
     db.execute(
         f"CREATE TABLE {out_table} AS SELECT * EXCLUDE (similarity), CASE WHEN found THEN "
         f"coalesce(similarity, gm_similarity(compare_from, compare_to)) END AS similarity "

@@ -50,6 +50,16 @@ static int decode(const uint8_t *s, int64_t len, vec *out) {
     if (vreserve(out, len + 1)) return -1;
     int64_t n = 0, i = 0;
     while (i < len) {
+        /* ASCII runs, eight bytes at a time (code is mostly ASCII) */
+        while (i + 8 <= len) {
+            uint64_t word;
+            memcpy(&word, s + i, 8);
+            if (word & 0x8080808080808080ULL) break;
+            for (int k = 0; k < 8; k++) out->p[n + k] = s[i + k];
+            n += 8;
+            i += 8;
+        }
+        if (i >= len) break;
         uint32_t c = s[i];
         if (c < 0x80) {
             out->p[n++] = c;
@@ -115,9 +125,14 @@ static int64_t nonblank(const uint32_t *p, int64_t n) {
 static int64_t find(const uint32_t *hay, int64_t hn, const uint32_t *needle, int64_t nn) {
     if (nn == 0) return 0;
     if (nn > hn) return -1;
-    uint32_t first = needle[0];
-    for (int64_t i = 0; i + nn <= hn; i++) {
-        if (hay[i] == first && memcmp(hay + i, needle, (size_t)nn * 4) == 0) return i;
+    /* memmem over the bytes (fast); a hit must start on a code point */
+    const char *base = (const char *)hay, *end = base + hn * 4;
+    const char *from = base;
+    while (from < end) {
+        const char *hit = memmem(from, (size_t)(end - from), needle, (size_t)nn * 4);
+        if (!hit) return -1;
+        if ((hit - base) % 4 == 0) return (hit - base) / 4;
+        from = hit + 1;
     }
     return -1;
 }

@@ -69,7 +69,7 @@ def build() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name
         subprocess.run(
-            [compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(_SOURCE)],
+            [compiler, "-O3", "-shared", "-fPIC", "-o", str(partial), str(_SOURCE)],
             check=True,
             capture_output=True,
         )

@@ -392,7 +392,9 @@ def generate(root: Path, events: int, seed: int) -> tuple[dict[str, int], dateti
     return store.counts, last
 
 
-def run_build(parquet: Path, out: Path, until: datetime, threads: int, memory: str) -> dict:
+def run_build(
+    parquet: Path, out: Path, until: datetime, threads: int, memory: str, sql_matcher: bool
+) -> dict:
     code = f"""
 import json, sys, time
 from datetime import datetime
@@ -411,11 +413,12 @@ print(json.dumps({{"seconds": time.perf_counter() - begin, "id": snap.id,
                   "exclusions": snap.card["exclusions"],
                   "considered": snap.card["suggestions_considered"],
                   "evidence": snap.card["evidence"], "methods": snap.card["inference_methods"],
-                  "timings": snap.card["timings_s"]}}))
+                  "timings": snap.card["timings_s"], "matcher": snap.card["matcher"]}}))
 """
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = dict(os.environ, **({"GRISTMILL_NATIVE": "0"} if sql_matcher else {}))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak_kb = usage.ru_maxrss
     sys.stderr.write(proc.stderr)
@@ -437,6 +440,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep the generated store")
     parser.add_argument(
         "--store", type=Path, default=None, help="reuse a store generated earlier (--keep)"
+    )
+    parser.add_argument(
+        "--sql-matcher",
+        action="store_true",
+        help="match later requests in DuckDB SQL, not the compiled matcher (for comparison)",
     )
     return parser
 
@@ -462,7 +470,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"generated {counts['events']:,} events and {counts['suggestions']:,} suggestions "
                 f"({size / 1e9:.2f} GB of Parquet) in {elapsed:.0f} s: {parquet}"
             )
-        result = run_build(parquet, work / "datasets", until, args.threads, args.memory_limit)
+        result = run_build(
+            parquet, work / "datasets", until, args.threads, args.memory_limit, args.sql_matcher
+        )
         rows = {name: c["rows"] for name, c in result["counts"].items()}
         print(f"snapshot {result['id']}: rows {rows}")
         print(f"outcomes {result['outcomes']}")
@@ -473,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"build: {seconds:.1f} s (target {TARGET_S:.0f} s, ratio {seconds / TARGET_S:.2f}); "
             f"peak RSS {peak / 1024**3:.2f} GB (target 4 GB, ratio {peak / TARGET_BYTES:.2f}); "
-            f"{counts['events']:,} events, {args.threads} threads"
+            f"{counts['events']:,} events, {args.threads} threads, {result['matcher']} matcher"
         )
         load = os.getloadavg()[0]
         print(

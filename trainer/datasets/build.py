@@ -56,6 +56,7 @@ from feedback_store import (
     FeedbackDB,
     MatchParams,
     StoreError,
+    _native,
     match_later_requests,
 )
 
@@ -1367,6 +1368,7 @@ class _Builder:
             "outside the span; moved text found unchanged elsewhere counts as kept; limits: "
             "window around the later cursor, first anchor occurrence, lines inserted inside a "
             "span shift its extent",
+            "matcher": "compiled" if _native.available() else "sql",
             "files": files,
             "timings_s": self.timings,
         }

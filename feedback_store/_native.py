@@ -1,4 +1,4 @@
-"""The compiled exact-anchor matcher (_match.c), built with the system C compiler on first use.
+"""The compiled exact-anchor matcher (_match.c with _match_impl.h), built with the system C compiler on first use.
 
 The dataset build matches millions of (insertion, later request) pairs; DuckDB's string
 functions take about 24 CPU-microseconds a row for the exact path, the compiled loop about one.
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 __all__ = ["INPUTS", "NativeMatch", "available", "build", "main", "match"]
 
 _SOURCE = Path(__file__).with_name("_match.c")
+_HEADERS = (Path(__file__).with_name("_match_impl.h"),)
 # Column order of gm_match's inputs and of its params (see _match.c).
 INPUTS = ("inserted", "prefix_tail", "suffix_head", "later_prefix", "later_suffix")
 _PARAMS = (
@@ -50,7 +51,8 @@ _tried = False
 
 
 def _library_path() -> Path:
-    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (_SOURCE, *_HEADERS)))
+    digest = digest.hexdigest()[:16]
     root = os.environ.get("GRISTMILL_NATIVE_DIR") or str(
         Path.home() / ".cache" / "gristmill" / "native"
     )

@@ -1,4 +1,4 @@
-"""The compiled exact-anchor matcher (_match.c with _match_impl.h), built with the system C compiler on first use.
+"""The compiled exact-anchor matcher (_match.c, _match_impl.h), built with cc on first use.
 
 The dataset build matches millions of (insertion, later request) pairs; DuckDB's string
 functions take about 24 CPU-microseconds a row for the exact path, the compiled loop about one.

@@ -526,6 +526,16 @@ def _cut_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str:
     FROM ({source_sql})"""
 
 
+def _uncut_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str:
+    """The source rows as they are (the compiled and the Python matcher cut the texts to the
+    windows themselves, and faster than DuckDB's substr from the end)."""
+    return f"""
+    SELECT {", ".join(keys)}, accepted, coalesce(inserted, '') AS inserted,
+        coalesce(prefix, '') AS prefix_tail, coalesce(suffix, '') AS suffix_head,
+        coalesce(later_prefix, '') AS later_prefix, coalesce(later_suffix, '') AS later_suffix
+    FROM ({source_sql})"""
+
+
 def _exact_sql(source_sql: str, keys: Sequence[str], params: MatchParams) -> str:
     """One pass: rows with an exact anchor get their match, the others their cut texts (for the
     Python fuzzy matcher). CASE guards keep the expensive expressions to the rows needing them
@@ -647,7 +657,7 @@ def match_later_requests(
         + ["similarity DOUBLE"]
     )
     db.execute(f"CREATE TABLE {out_table}_raw ({definition})")
-    make_sql = _cut_sql if native else _exact_sql
+    make_sql = _uncut_sql if native else _exact_sql
     batches = (
         batch
         for sql, sql_params in sources

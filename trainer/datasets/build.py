@@ -694,10 +694,8 @@ class _Builder:
             SELECT o.sk, o.round, o.okey, o.obs_at, c.accepted,
                 c.inserted, c.prefix, c.suffix,
                 CASE WHEN o.obs_source = 'continue_edit' THEN ''
-                     WHEN q.source = 'continue_edit' THEN q.prefix
-                     ELSE substr(q.prefix, -{params.later_prefix_chars}) END AS later_prefix,
-                CASE WHEN o.obs_source <> 'continue_edit'
-                        THEN substr(q.suffix, 1, {params.later_suffix_chars})
+                     ELSE q.prefix END AS later_prefix,
+                CASE WHEN o.obs_source <> 'continue_edit' THEN q.suffix
                      WHEN o.edit_accepted
                         THEN CASE WHEN q.source = 'continue_edit' THEN q.completion END
                      WHEN q.source = 'continue_edit' THEN q.prefix

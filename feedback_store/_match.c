@@ -1,13 +1,13 @@
-/* The exact-anchor path of feedback_queries.match_later_text, compiled (see _native.py).
+/* feedback_queries.match_later_text, compiled (see _native.py).
  *
- * Python's match_later_text is the reference: this file follows it step by step, over code
- * points (Python str indices), so every position, length and slice means the same thing. It
- * decides the rows whose exact left anchor is found; for the others it only says whether a
- * fuzzy anchor or a move is possible at all (the whitespace-free containment test of the SQL
- * path), and Python decides those.
+ * Python's match_later_text is the reference: this file follows it step by step (exact anchor,
+ * fuzzy anchor, span, moved text, similarity), over code points (Python str indices), so every
+ * position, length and slice means the same thing. Rows that are all ASCII are handled on their
+ * bytes (a byte is a code point there), others on decoded code points (_match_impl.h is
+ * included once for each).
  *
- * Inputs are Arrow large_string columns (int64 offsets, UTF-8 data); outputs are per-row flags,
- * the similarity, and three large_string columns built here and freed by gm_free.
+ * Inputs are Arrow string or large_string columns (offsets, UTF-8 data); outputs are per-row
+ * flags, the similarity, and three large_string columns built here and freed by gm_free.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -19,7 +19,7 @@ enum {
     P_ANCHOR, P_MIN_ANCHOR, P_FUZZY_LINES, P_RIGHT_MIN, P_MOVED_MIN, P_PREFIX_TAIL,
     P_SUFFIX_HEAD, P_LATER_PREFIX, P_LATER_SUFFIX, P_SLACK, P_MAX_COMPARE, N_PARAMS
 };
-enum { F_FOUND = 1, F_COMPLETE = 2, F_CLEAN = 4, F_MOVED = 8, F_POSSIBLE = 16 };
+enum { F_FOUND = 1, F_COMPLETE = 2, F_CLEAN = 4, F_MOVED = 8, F_FUZZY = 32 };
 enum { OUT_TEXT, OUT_FROM, OUT_TO, N_OUT };
 
 typedef struct { uint8_t *p; int64_t n, cap; } bytes;
@@ -42,6 +42,9 @@ static int grow(void **p, int64_t *cap, int64_t need, size_t size) {
 }
 
 static int breserve(bytes *b, int64_t need) { return grow((void **)&b->p, &b->cap, need, 1); }
+
+typedef struct { int64_t *p; int64_t n, cap; } ivec;
+static int ireserve(ivec *v, int64_t need) { return grow((void **)&v->p, &v->cap, need, 8); }
 
 static int encode(bytes *out, const uint32_t *p, int64_t n) {
     if (breserve(out, out->n + 4 * n)) return -1;

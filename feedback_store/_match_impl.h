@@ -78,15 +78,9 @@ static int FN(equal)(const CH *a, int64_t an, const CH *b, int64_t bn) {
     return an == bn && (an == 0 || memcmp(a, b, (size_t)an * sizeof(CH)) == 0);
 }
 
-static int FN(squeeze_append)(VEC *out, const CH *p, int64_t n) {
-    if (FN(vreserve)(out, out->n + n + 1)) return -1;
-    for (int64_t i = 0; i < n; i++)
-        if (!is_space(p[i])) out->p[out->n++] = p[i];
-    return 0;
-}
-
 typedef struct {
-    VEC later, norm_a, norm_b, work, rest_anchor, key, later_sq, elsewhere;
+    VEC later, norm_a, norm_b, work, rest_anchor, key, later_sq, elsewhere, key_text, line_text;
+    ivec key_at, line_at;
     int64_t *row;
 } FN(scratch);
 
@@ -126,6 +120,106 @@ static int FN(emit)(result *r, int k, int64_t i, const CH *p, int64_t n) {
     if (p && FN(put)(&r->data[k], p, n)) return -1;
     r->offsets[k][i + 1] = r->data[k].n;
     return 0;
+}
+
+/* _after_partial: index in line just after the non-whitespace characters of partial (in order,
+ * whitespace skipped), plus following line whitespace when partial ended in whitespace; -1. */
+static int64_t FN(after_partial)(const CH *line, int64_t n, const CH *partial, int64_t pn) {
+    int64_t at = 0;
+    int wanted = 0;
+    for (int64_t j = 0; j < pn; j++) {
+        if (is_space(partial[j])) continue;
+        wanted = 1;
+        while (at < n && is_space(line[at])) at++;
+        if (at >= n || line[at] != partial[j]) return -1;
+        at++;
+    }
+    if (!wanted || is_space(partial[pn - 1]))
+        while (at < n && is_line_ws(line[at])) at++;
+    return at;
+}
+
+/* Append the normalized line [a, b) of p to text; its (start, end, index) to at when not blank.
+ * Returns 1 when appended, 0 when blank, -1 on allocation failure. */
+static int FN(add_line)(FN(scratch) *s, VEC *text, ivec *at, const CH *p, int64_t a, int64_t b,
+                        int64_t index) {
+    if (FN(normalize)(p + a, b - a, &s->norm_a)) return -1;
+    if (s->norm_a.n == 0) return 0;
+    if (FN(vreserve)(text, text->n + s->norm_a.n + 1)) return -1;
+    if (ireserve(at, at->n + 3)) return -1;
+    memcpy(text->p + text->n, s->norm_a.p, (size_t)s->norm_a.n * sizeof(CH));
+    at->p[at->n++] = text->n;
+    text->n += s->norm_a.n;
+    at->p[at->n++] = text->n;
+    at->p[at->n++] = index;
+    return 1;
+}
+
+/* _fuzzy_start: the insertion point in O by the last complete non-blank lines of the prefix
+ * tail (normalized), -1 when there is none, -2 on allocation failure. */
+static int64_t FN(fuzzy_start)(FN(scratch) *s, const CH *tail, int64_t tail_n, int truncated,
+                               const CH *O, int64_t on, const int64_t *prm) {
+    int64_t last_nl = -1;
+    for (int64_t j = tail_n - 1; j >= 0; j--)
+        if (tail[j] == '\n') { last_nl = j; break; }
+    if (last_nl < 0) return -1; /* no complete line */
+    const CH *partial = tail + last_nl + 1;
+    int64_t partial_n = tail_n - last_nl - 1;
+    /* complete lines, newest first: [start, e) ending at each '\n' */
+    s->key_text.n = 0;
+    s->key_at.n = 0;
+    int64_t blanks_after = 0, counting_blanks = 1, taken = 0, chars = 0;
+    for (int64_t e = last_nl; e >= 0 && taken < prm[P_FUZZY_LINES];) {
+        int64_t b = e - 1;
+        while (b >= 0 && tail[b] != '\n') b--;
+        int64_t start = b + 1;
+        if (truncated && start == 0) break; /* the first line of a cut tail is partial */
+        int added = FN(add_line)(s, &s->key_text, &s->key_at, tail, start, e, 0);
+        if (added < 0) return -2;
+        if (added) {
+            counting_blanks = 0;
+            taken++;
+            chars += FN(nonblank)(tail + start, e - start);
+        } else if (counting_blanks) {
+            blanks_after++;
+        }
+        e = b;
+    }
+    if (taken == 0 || chars < prm[P_MIN_ANCHOR]) return -1;
+    /* the later text's non-blank lines, normalized, with their line numbers */
+    s->line_text.n = 0;
+    s->line_at.n = 0;
+    int64_t lines = 0;
+    for (int64_t a = 0;; lines++) {
+        int64_t b = a;
+        while (b < on && O[b] != '\n') b++;
+        if (FN(add_line)(s, &s->line_text, &s->line_at, O, a, b, lines) < 0) return -2;
+        if (b >= on) { lines++; break; }
+        a = b + 1;
+    }
+    int64_t have = s->line_at.n / 3;
+    /* key lines were added newest first: key line q (oldest first) is entry taken - 1 - q */
+    for (int64_t k = 0; k + taken <= have; k++) {
+        int match = 1;
+        for (int64_t q = 0; q < taken && match; q++) {
+            const int64_t *kl = s->key_at.p + 3 * (taken - 1 - q);
+            const int64_t *ll = s->line_at.p + 3 * (k + q);
+            match = FN(equal)(s->key_text.p + kl[0], kl[1] - kl[0], s->line_text.p + ll[0],
+                              ll[1] - ll[0]);
+        }
+        if (!match) continue;
+        int64_t target = s->line_at.p[3 * (k + taken - 1) + 2] + 1 + blanks_after;
+        if (target >= lines) return -1;
+        int64_t line_start = 0, seen = 0;
+        for (int64_t j = 0; j < on && seen < target; j++)
+            if (O[j] == '\n') { seen++; line_start = j + 1; }
+        int64_t line_end = line_start;
+        while (line_end < on && O[line_end] != '\n') line_end++;
+        int64_t offset = FN(after_partial)(O + line_start, line_end - line_start, partial,
+                                           partial_n);
+        return offset < 0 ? -1 : line_start + offset;
+    }
+    return -1;
 }
 
 /* One row; returns -1 on allocation failure. */
@@ -174,48 +268,25 @@ static int FN(match_row)(FN(scratch) *s, const FN(view) *in, const int64_t *prm,
     int64_t anchor_n = ac ? (tail_n > ac ? ac : tail_n) : 0;
     int64_t at = -1;
     if (FN(nonblank)(anchor, anchor_n) >= prm[P_MIN_ANCHOR]) at = FN(find)(O->p, O->n, anchor, anchor_n);
-    if (at < 0) {
-        /* Not decided here: is a fuzzy anchor or a move possible at all? */
-        s->later_sq.n = 0;
-        if (FN(squeeze_append)(&s->later_sq, O->p, O->n)) return -1;
-        s->key.n = 0;
-        int64_t lines_taken = 0;
-        /* complete lines of the tail, the last fuzzy_lines non-blank ones, squeezed */
-        int64_t end = -1; /* index of the last '\n' of the tail */
-        for (int64_t j = tail_n - 1; j >= 0; j--)
-            if (tail[j] == '\n') { end = j; break; }
-        /* lines run [start, e) for each '\n' at e <= end; skip the first if truncated */
-        int64_t stops[64];
-        int64_t count = 0;
-        VEC *w = &s->work;
-        w->n = 0;
-        for (int64_t e = end; e >= 0 && lines_taken < prm[P_FUZZY_LINES];) {
-            int64_t b = e - 1;
-            while (b >= 0 && tail[b] != '\n') b--;
-            int64_t start = b + 1;
-            if (truncated && start == 0) break; /* the first line of a cut tail is partial */
-            if (FN(nonblank)(tail + start, e - start) > 0 && count < 64) {
-                stops[count++] = start;
-                stops[count++] = e;
-                lines_taken++;
-            }
-            e = b;
+    int64_t start = at >= 0 ? at + anchor_n : -1;
+    int fuzzy = 0;
+    if (start < 0) {
+        start = FN(fuzzy_start)(s, tail, tail_n, truncated, O->p, O->n, prm);
+        if (start == -2) return -1;
+        fuzzy = start >= 0;
+    }
+    if (start < 0) {
+        /* Nothing stands at the insertion point; the text may have moved. */
+        if (accepted && FN(nonblank)(I->p, I->n) >= prm[P_MOVED_MIN]) {
+            if (FN(normalize)(O->p, O->n, &s->norm_b)) return -1;
+            if (FN(normalize)(I->p, I->n, &s->norm_a)) return -1;
+            if (FN(find)(s->norm_b.p, s->norm_b.n, s->norm_a.p, s->norm_a.n) >= 0) *flag |= F_MOVED;
         }
-        for (int64_t c = count - 2; c >= 0; c -= 2)
-            if (FN(squeeze_append)(&s->key, tail + stops[c], stops[c + 1] - stops[c])) return -1;
-        int possible = s->key.n > 0 && FN(find)(s->later_sq.p, s->later_sq.n, s->key.p, s->key.n) >= 0;
-        if (!possible && accepted && FN(nonblank)(I->p, I->n) >= prm[P_MOVED_MIN]) {
-            w->n = 0;
-            if (FN(squeeze_append)(w, I->p, I->n)) return -1;
-            possible = FN(find)(s->later_sq.p, s->later_sq.n, w->p, w->n) >= 0;
-        }
-        if (possible) *flag |= F_POSSIBLE;
         for (int k = 0; k < N_OUT; k++)
             if (FN(emit)(r, k, i, NULL, 0)) return -1;
         return 0;
     }
     /* _span_at */
-    int64_t start = at + anchor_n;
     int64_t want = I->n + rest_n + prm[P_SLACK];
     int64_t window_end = start + want < O->n ? start + want : O->n;
     const CH *win = O->p + start;
@@ -279,7 +350,7 @@ static int FN(match_row)(FN(scratch) *s, const FN(view) *in, const int64_t *prm,
         from->n += rest_n;
     }
     int64_t to_n = clean ? text_n : span_n;
-    *flag |= F_FOUND | (complete ? F_COMPLETE : 0) | (clean ? F_CLEAN : 0);
+    *flag |= F_FOUND | (fuzzy ? F_FUZZY : 0) | (complete ? F_COMPLETE : 0) | (clean ? F_CLEAN : 0);
     if (accepted && FN(nonblank)(I->p, I->n) >= prm[P_MOVED_MIN]) {
         int unchanged = 0;
         if (complete) {
@@ -312,6 +383,7 @@ static void FN(scratch_free)(void *p) {
     FN(scratch) *s = p;
     free(s->later.p); free(s->norm_a.p); free(s->norm_b.p); free(s->work.p);
     free(s->rest_anchor.p); free(s->key.p); free(s->later_sq.p); free(s->elsewhere.p);
+    free(s->key_text.p); free(s->line_text.p); free(s->key_at.p); free(s->line_at.p);
     free(s->row);
 }
 

@@ -640,10 +640,10 @@ def match_later_requests(
 
     ``source_sql`` yields the key columns and ``prefix``, ``suffix`` (of the original request),
     ``inserted``, ``later_prefix``, ``later_suffix`` (of the later one) and ``accepted``; they are
-    cut to the windows of ``params`` in SQL. Rows with an exact anchor are matched by the
-    compiled matcher (feedback_store._native) or, without it (``native=False``, or no C
-    compiler), by DuckDB's vectorized string functions; rows without one that could still match
-    go through ``match_later_text`` in Python. Both paths give the same results.
+    cut to the windows of ``params``. Every row is matched by the compiled matcher
+    (feedback_store._native); without it (``native=False``, or no C compiler) rows with an exact
+    anchor are matched by DuckDB's vectorized string functions and the rows without one that
+    could still match go through ``match_later_text`` in Python. Both give the same results.
     ``source_sql`` may also be a sequence of (sql, parameters) chunks, matched one after the
     other into the same table (joins of a few hundred thousand texts stay in memory).
     """
@@ -705,15 +705,15 @@ def match_later_requests(
 def _native_matches(
     table: pa.Table, key_names: list[str], params: MatchParams
 ) -> tuple[pa.Table, pa.Table]:
-    """(rows decided by the compiled matcher, rows that need the Python matcher)."""
+    """(every row, matched by the compiled matcher; no rows left for the Python matcher)."""
     result = _native.match(table, params, MAX_COMPARE_CHARS)
     flags = result.flags
     found = (flags & _native.FOUND) != 0
-    python = ~found & ((flags & _native.POSSIBLE) != 0)
+    method = np.where(found, np.where((flags & _native.FUZZY) != 0, "fuzzy", "exact"), "none")
     columns: dict[str, pa.Array] = {name: table.column(name) for name in key_names}
     columns["found"] = pa.array(found)
     columns["complete"] = pa.array((flags & _native.COMPLETE) != 0)
-    columns["method"] = pa.array(np.where(found, "exact", "none"), pa.string())
+    columns["method"] = pa.array(method, pa.string())
     columns["text"] = result.text
     columns["compare_from"] = result.compare_from
     columns["compare_to"] = result.compare_to
@@ -722,8 +722,7 @@ def _native_matches(
     columns["similarity"] = pc.if_else(
         pa.array(found), pa.array(result.similarity), pa.scalar(None, pa.float64())
     )
-    decided = pa.table(columns).filter(pa.array(~python))
-    return decided, table.filter(pa.array(python))
+    return pa.table(columns), table.slice(0, 0)
 
 
 _DUCK_TYPES = {pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR"}

@@ -256,7 +256,13 @@ def _random_rows(seed: int, n: int, params: MatchParams) -> list[dict]:
         prefix, inserted, suffix = text(30), text(6), text(10)
         if rng.random() < 0.6:
             start = rng.randint(0, max(0, len(prefix) - rng.choice([5, 40, 200])))
-            later = prefix[start:] + rng.choice([inserted, text(4), inserted + text(2)]) + text(6)
+            later = prefix[start:]
+            if rng.random() < 0.4:  # re-indented and reformatted: only a fuzzy anchor finds it
+                later = "".join(
+                    rng.choice([c, c + " ", "\t" if c == " " else c + "\n"]) if c in " \n" else c
+                    for c in later
+                )
+            later += rng.choice([inserted, text(4), inserted + text(2)]) + text(6)
             later += suffix if rng.random() < 0.5 else text(8)
             cursor = rng.randint(0, len(later))
             later_prefix, later_suffix = later[:cursor], later[cursor:]
@@ -297,7 +303,8 @@ FUZZ_PARAMS = [
 def test_when_random_rows_matched_then_each_path_equals_the_python_matcher(
     tmp_path: Path, native: bool, params: MatchParams
 ) -> None:
-    """The compiled matcher needs a C compiler (cc); the SQL path runs everywhere."""
+    """Every branch (exact, fuzzy, none, moved), all-ASCII rows and rows with other code
+    points. The compiled matcher needs a C compiler (cc); the SQL path runs everywhere."""
     from feedback_store import _native
 
     if native and not _native.available():
@@ -345,6 +352,8 @@ def test_when_random_rows_matched_then_each_path_equals_the_python_matcher(
             )
         methods.add(match.method)
     assert methods == {"exact", "fuzzy", "none"}  # every branch was exercised
+    assert sum(1 for r in got.values() if r[2] == "fuzzy") >= 20
+    assert any(r[7] for r in got.values())  # moved
 
 
 def test_when_native_matcher_disabled_then_it_is_not_available(monkeypatch) -> None:

@@ -167,6 +167,45 @@ def test_when_similarity_computed_then_python_and_duckdb_agree(tmp_path: Path, a
     assert norm == normalize_code(a)
 
 
+def _matched(db: FeedbackDB) -> dict[int, tuple]:
+    """The out table of match_later_requests by key: the SpanMatch fields, then similarity."""
+    return {
+        r[0]: r[1:]
+        for r in db.rows(
+            "SELECT k, found, complete, method, text, compare_from, compare_to, clean, "
+            "moved_found, similarity FROM out"
+        )
+    }
+
+
+def _reference(row: dict, params: MatchParams) -> tuple:
+    """match_later_text's answer for a row, as the fields _matched returns (no similarity)."""
+    match = match_later_text(
+        row["prefix"],
+        row["suffix"],
+        row["inserted"],
+        row["later_prefix"],
+        row["later_suffix"],
+        params,
+        accepted=row["accepted"],
+    )
+    return (
+        match.found,
+        match.complete,
+        match.method,
+        match.text,
+        match.compare_from,
+        match.compare_to,
+        match.clean,
+        match.moved_found,
+    )
+
+
+def _check_similarity(got: tuple, expected: tuple) -> None:
+    if expected[0]:
+        assert got[8] == pytest.approx(edit_similarity(expected[4], expected[5]), abs=1e-12)
+
+
 def test_when_rows_matched_in_sql_then_results_equal_the_python_matcher(tmp_path: Path):
     rows = []
     for k, (_, later_prefix, later_suffix, accepted, *_rest) in enumerate(REPLAYS):
@@ -186,38 +225,12 @@ def test_when_rows_matched_in_sql_then_results_equal_the_python_matcher(tmp_path
         db.con.register("replays_view", table)
         db.execute("CREATE TABLE replays AS SELECT * FROM replays_view")
         match_later_requests(db, "SELECT * FROM replays", [("k", "BIGINT")], "out", MatchParams())
-        got = {
-            r[0]: r[1:]
-            for r in db.rows(
-                "SELECT k, found, complete, method, text, compare_from, compare_to, clean, "
-                "moved_found, similarity FROM out"
-            )
-        }
+        got = _matched(db)
     assert len(got) == len(rows)
     for row in rows:
-        match = match_later_text(
-            row["prefix"],
-            row["suffix"],
-            row["inserted"],
-            row["later_prefix"],
-            row["later_suffix"],
-            accepted=row["accepted"],
-        )
-        expected = (
-            match.found,
-            match.complete,
-            match.method,
-            match.text,
-            match.compare_from,
-            match.compare_to,
-            match.clean,
-            match.moved_found,
-        )
+        expected = _reference(row, MatchParams())
         assert got[row["k"]][:8] == expected, REPLAYS[row["k"]][0]
-        if match.found:
-            assert got[row["k"]][8] == pytest.approx(
-                edit_similarity(match.compare_from, match.compare_to)
-            )
+        _check_similarity(got[row["k"]], expected)
 
 
 def _random_rows(seed: int, n: int, params: MatchParams) -> list[dict]:
@@ -316,41 +329,14 @@ def test_when_random_rows_matched_then_each_path_equals_the_python_matcher(
         match_later_requests(
             db, "SELECT * FROM rows", [("k", "BIGINT")], "out", params, native=native
         )
-        got = {
-            r[0]: r[1:]
-            for r in db.rows(
-                "SELECT k, found, complete, method, text, compare_from, compare_to, clean, "
-                "moved_found, similarity FROM out"
-            )
-        }
+        got = _matched(db)
     assert len(got) == len(rows)
     methods = set()
     for row in rows:
-        match = match_later_text(
-            row["prefix"],
-            row["suffix"],
-            row["inserted"],
-            row["later_prefix"],
-            row["later_suffix"],
-            params,
-            accepted=row["accepted"],
-        )
-        expected = (
-            match.found,
-            match.complete,
-            match.method,
-            match.text,
-            match.compare_from,
-            match.compare_to,
-            match.clean,
-            match.moved_found,
-        )
+        expected = _reference(row, params)
         assert got[row["k"]][:8] == expected, row
-        if match.found:
-            assert got[row["k"]][8] == pytest.approx(
-                edit_similarity(match.compare_from, match.compare_to), abs=1e-12
-            )
-        methods.add(match.method)
+        _check_similarity(got[row["k"]], expected)
+        methods.add(expected[2])
     assert methods == {"exact", "fuzzy", "none"}  # every branch was exercised
     assert sum(1 for r in got.values() if r[2] == "fuzzy") >= 20
     assert any(r[7] for r in got.values())  # moved

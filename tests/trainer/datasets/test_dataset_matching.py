@@ -352,3 +352,25 @@ def test_when_native_matcher_disabled_then_it_is_not_available(monkeypatch) -> N
     with pytest.raises(RuntimeError, match="not available"):
         native.match(pa.table({"accepted": [True]}), MatchParams(), 2000)
     monkeypatch.setattr(native, "_tried", False)
+
+
+def test_when_no_c_compiler_then_the_build_says_so_and_matching_uses_sql(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import feedback_store._native as native
+
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("GRISTMILL_NATIVE_DIR", str(tmp_path / "native"))
+    monkeypatch.setenv("CC", "no-such-cc")
+    with pytest.raises(OSError, match="no C compiler \\(no-such-cc\\)"):
+        native.build()
+    assert not native.available()
+    rows = _random_rows(3, 200, MatchParams())
+    with FeedbackDB(tmp_path / "store") as db:
+        db.con.register("rows_view", pa.Table.from_pylist(rows))
+        db.execute("CREATE TABLE rows AS SELECT * FROM rows_view")
+        match_later_requests(db, "SELECT * FROM rows", [("k", "BIGINT")], "out", MatchParams())
+        got = _matched(db)
+    for row in rows:
+        assert got[row["k"]][:8] == _reference(row, MatchParams()), row

@@ -79,7 +79,7 @@ static int FN(equal)(const CH *a, int64_t an, const CH *b, int64_t bn) {
 }
 
 typedef struct {
-    VEC later, norm_a, norm_b, work, rest_anchor, key, later_sq, elsewhere, key_text, line_text;
+    VEC later, norm_a, norm_b, work, rest_anchor, elsewhere, key_text, line_text;
     ivec key_at, line_at;
     int64_t *row;
 } FN(scratch);
@@ -382,7 +382,7 @@ static int FN(match_row)(FN(scratch) *s, const FN(view) *in, const int64_t *prm,
 static void FN(scratch_free)(void *p) {
     FN(scratch) *s = p;
     free(s->later.p); free(s->norm_a.p); free(s->norm_b.p); free(s->work.p);
-    free(s->rest_anchor.p); free(s->key.p); free(s->later_sq.p); free(s->elsewhere.p);
+    free(s->rest_anchor.p); free(s->elsewhere.p);
     free(s->key_text.p); free(s->line_text.p); free(s->key_at.p); free(s->line_at.p);
     free(s->row);
 }

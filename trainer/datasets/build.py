@@ -235,7 +235,6 @@ def build_snapshot(
                 threads=config.threads,
                 memory_limit=config.memory_limit,
                 temp_dir=work / ".spill",
-                database=work / ".work.duckdb",
             ) as db:
                 card = _Builder(db, config, work, say).run()
         except StoreError as exc:
@@ -243,8 +242,6 @@ def build_snapshot(
         except OSError as exc:
             raise BuildFailed(f"dataset build failed: {exc.strerror}: {exc.filename}") from exc
         shutil.rmtree(work / ".spill", ignore_errors=True)
-        for scratch in work.glob(".work.duckdb*"):
-            scratch.unlink()
         return _commit(config.datasets_dir, work, card)
     finally:
         if work.exists():
@@ -307,6 +304,15 @@ class _Builder:
         self.distinct: dict[str, set[str]] = {
             name: set() for name in ("tenant", "language", "model_version", "policy_version")
         }
+        # Filled by tally_outcomes, before the write.
+        self.outcomes: dict[str, int] = {}
+        self.exclusions: dict[str, int] = {}
+        self.evidence: dict[str, int] = {}
+        self.inference_methods: dict[str, int] = {}
+        self.split_contexts: dict[str, int] = {}
+        self.considered = 0
+        self.used: tuple[Any, ...] = (None, None, 0)
+        self.cutoff: int | None = None
 
     def step(self, name: str, *statements: str) -> None:
         started = time.perf_counter()
@@ -331,6 +337,7 @@ class _Builder:
         self.drop("b_state")
         self.contexts()
         self.emit_rows()
+        self.tally_outcomes()
         files = self.write()
         return self.card(files)
 
@@ -1224,6 +1231,56 @@ class _Builder:
             raise BuildFailed(f"prompts of contexts {low}..{high}: {table.num_rows} rendered")
         return table.column("prompt").combine_chunks()
 
+    def tally_outcomes(self) -> None:
+        """The card's counts of outcomes, exclusions, evidence and splits; then the tables only
+        they read are dropped, so the write has their memory."""
+        self.outcomes = dict(
+            self.db.rows(
+                "SELECT status, count(*) FROM b_out WHERE status IS NOT NULL GROUP BY ALL "
+                "ORDER BY ALL"
+            )
+        )
+        self.exclusions = dict(
+            self.db.rows(
+                "SELECT excluded, count(*) FROM b_out WHERE excluded IS NOT NULL GROUP BY ALL "
+                "ORDER BY ALL"
+            )
+        )
+        for reason, n in self.db.rows(
+            """
+            SELECT CASE WHEN c.kept IS NULL THEN 'split_purge' ELSE 'duplicate_context' END,
+                count(*)
+            FROM b_out o JOIN b_ctx c USING (tenant, request_id)
+            WHERE o.status IS NOT NULL AND c.split IS NULL GROUP BY ALL ORDER BY ALL
+            """
+        ):
+            self.exclusions[reason] = n
+        (self.considered,) = self.db.rows("SELECT count(*) FROM b_out")[0]
+        self.used = self.db.rows(
+            """
+            SELECT epoch_us(min(created_at)), epoch_us(max(created_at)),
+                count(DISTINCT context_hash)
+            FROM b_kctx k SEMI JOIN b_order o ON o.crank = k.crank
+            """
+        )[0]
+        self.split_contexts = dict(
+            self.db.rows(
+                "SELECT split, count(*) FROM b_ctx WHERE split IS NOT NULL GROUP BY ALL "
+                "ORDER BY ALL"
+            )
+        )
+        self.cutoff = self.db.rows("SELECT epoch_us(cutoff) FROM b_cut")[0][0]
+        self.evidence = dict(
+            self.db.rows(
+                "SELECT coalesce(evidence, 'none'), count(*) FROM b_out WHERE status IS NOT NULL "
+                "GROUP BY ALL ORDER BY ALL"
+            )
+        )
+        self.inference_methods = dict(
+            self.db.rows("SELECT method, count(*) FROM b_evidence GROUP BY ALL ORDER BY ALL")
+        )
+        self.drop("b_out", "b_ctx", "b_cut", "b_evidence")
+
     def card(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rules = self.config.rules
         counts: dict[str, Any] = {}
@@ -1243,55 +1300,13 @@ class _Builder:
             for split in SPLITS:
                 counts[set_name]["by_split"].setdefault(split, 0)
         counts["labels"].setdefault("by_label", {"true": 0, "false": 0})
-        statuses = dict(
-            self.db.rows(
-                "SELECT status, count(*) FROM b_out WHERE status IS NOT NULL GROUP BY ALL "
-                "ORDER BY ALL"
-            )
-        )
-        exclusions = dict(
-            self.db.rows(
-                "SELECT excluded, count(*) FROM b_out WHERE excluded IS NOT NULL GROUP BY ALL "
-                "ORDER BY ALL"
-            )
-        )
-        for reason, n in self.db.rows(
-            """
-            SELECT CASE WHEN c.kept IS NULL THEN 'split_purge' ELSE 'duplicate_context' END,
-                count(*)
-            FROM b_out o JOIN b_ctx c USING (tenant, request_id)
-            WHERE o.status IS NOT NULL AND c.split IS NULL GROUP BY ALL ORDER BY ALL
-            """
-        ):
-            exclusions[reason] = n
-        (considered,) = self.db.rows("SELECT count(*) FROM b_out")[0]
-        used = self.db.rows(
-            """
-            SELECT epoch_us(min(created_at)), epoch_us(max(created_at)),
-                count(DISTINCT context_hash)
-            FROM b_kctx k SEMI JOIN b_order o ON o.crank = k.crank
-            """
-        )[0]
-        split_contexts = dict(
-            self.db.rows(
-                "SELECT split, count(*) FROM b_ctx WHERE split IS NOT NULL GROUP BY ALL "
-                "ORDER BY ALL"
-            )
-        )
-        cutoff = self.db.rows("SELECT epoch_us(cutoff) FROM b_cut")[0][0]
+        statuses, exclusions, considered = self.outcomes, self.exclusions, self.considered
+        used, split_contexts, cutoff = self.used, self.split_contexts, self.cutoff
+        evidence, inference_methods = self.evidence, self.inference_methods
 
         def distinct(column: str) -> list[str]:
             return sorted(self.distinct[column])
 
-        evidence = dict(
-            self.db.rows(
-                "SELECT coalesce(evidence, 'none'), count(*) FROM b_out WHERE status IS NOT NULL "
-                "GROUP BY ALL ORDER BY ALL"
-            )
-        )
-        inference_methods = dict(
-            self.db.rows("SELECT method, count(*) FROM b_evidence GROUP BY ALL ORDER BY ALL")
-        )
         digest = hashlib.sha256(
             json.dumps(
                 {

@@ -1,8 +1,8 @@
 """Dataset snapshots: stored feedback -> TRL-ready Parquet sets and a card, by the signal rules.
 
-All heavy lifting is DuckDB SQL over the Parquet store (feedback_store.FeedbackDB); only
-suggestions whose insertion point the exact anchor misses go through Python (the fuzzy
-anchor). The steps, each a table:
+All heavy lifting is DuckDB SQL over the Parquet store (feedback_store.FeedbackDB), with the
+survival matcher compiled (feedback_store._native; SQL and Python without a C compiler). The
+steps, each a table:
 
 1. ``b_sugg``: suggestions created in [since, until) (duplicates dropped, earliest landing
    wins); Continue's dev-data records inherit the template of the request the gateway served
@@ -1114,9 +1114,22 @@ class _Builder:
         # each file's rows stay in order, while DuckDB gathers the next slice.
         pools = {key: ThreadPoolExecutor(1) for key in writers}
 
-        def put(key: tuple[str, str], rows: pa.Table, trail: pa.Table) -> None:
-            writers[key][0].write(rows)
-            writers[key][1].write(trail)
+        def put(key: tuple[str, str], prompts: pa.Array, chunk: pa.Table) -> None:
+            # In the key's writer thread: the copies (prompts by context, the lineage) and the
+            # encoding run beside DuckDB's next slice.
+            writer, trail = writers[key]
+            columns = {"prompt": prompts.take(chunk.column("at").combine_chunks())}
+            for name in writer.schema.names[1:]:
+                columns[name] = chunk.column(name)
+            writer.write(pa.table(columns).cast(writer.schema))
+            n = chunk.num_rows
+            lineage = {
+                "set": pa.array([key[0]] * n, pa.string()),
+                "split": pa.array([key[1]] * n, pa.string()),
+            }
+            for name in lineage_names:
+                lineage[name] = chunk.column(name)
+            trail.write(pa.table(lineage).cast(LINEAGE_SCHEMA))
 
         try:
             in_flight: list[Future[None]] = []
@@ -1150,21 +1163,8 @@ class _Builder:
                 submitted = []
                 for (set_index, split), chunk in _runs(rows, ("set_index", "split")):
                     key = (set_names[set_index], split)
-                    writer = writers[key][0]
-                    columns = {"prompt": prompts.take(chunk.column("at").combine_chunks())}
-                    for name in writer.schema.names[1:]:
-                        columns[name] = chunk.column(name)
-                    table = pa.table(columns).cast(writer.schema)
-                    n = chunk.num_rows
-                    trail = {
-                        "set": pa.array([key[0]] * n, pa.string()),
-                        "split": pa.array([split] * n, pa.string()),
-                    }
-                    for name in lineage_names:
-                        trail[name] = chunk.column(name)
-                    trail_table = pa.table(trail).cast(LINEAGE_SCHEMA)
                     self._tally(key, chunk)
-                    submitted.append(pools[key].submit(put, key, table, trail_table))
+                    submitted.append(pools[key].submit(put, key, prompts, chunk))
                 del prompts, rows
                 for future in in_flight:  # at most two slices in memory
                     future.result()
@@ -1445,6 +1445,8 @@ class _SetWriter:
         combined = pa.concat_tables(self._pending)
         head, rest = combined.slice(0, rows), combined.slice(rows)
         assert self._writer is not None
+        # One contiguous chunk per row group: page boundaries then depend on the rows only,
+        # not on how DuckDB happened to batch them, so the bytes are reproducible.
         self._writer.write_table(head.combine_chunks(), row_group_size=rows)
         self.rows += head.num_rows
         self._pending = [rest] if rest.num_rows else []

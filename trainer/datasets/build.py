@@ -17,8 +17,7 @@ steps, each a table:
 5. ``b_out``: one outcome per suggestion (see policies/signals.yaml), or an exclusion reason;
 6. ``b_ctx``: the prompt each decided request was served with, its keyed context hash, dedup
    and the time split; ``b_kctx`` numbers the kept contexts in output order (crank);
-   ``b_rows``: the rows of each set, rule by rule in context order; ``b_order``: dedup and row
-   numbers on narrow integer columns;
+   ``b_rows``: the rows of each set, rule by rule in context order, without duplicates;
 7. one pass over slices of contexts gathers their rows and writes every set and split, each
    with its lineage file beside it (row i explains row i), then the card.
 
@@ -47,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -962,31 +962,25 @@ class _Builder:
         self.drop("b_w")
         self.timings["rows"] = round(time.perf_counter() - started, 3)
         self.say(f"rows: {self.timings['rows']:.1f} s")
-        # Kept contexts have distinct context hashes, so crank stands for the hash here.
-        # Dedup and numbering run on a narrow table of integers (the row's rowid, its context
-        # rank and a 64-bit hash of its content); the wide rows are gathered per slice of
-        # contexts while writing. Two different rows of one set and context with colliding
-        # content hashes (about 1 in 2**64) would lose one.
+        # Duplicates within a set and context (same content): the first by suggestion id, rule
+        # and other suggestion stays. Kept contexts have distinct context hashes, so crank stands
+        # for the hash here. Duplicates are rare, so only their groups are ranked. Two different
+        # rows of one set and context with colliding 64-bit content hashes (about 1 in 2**64)
+        # would lose one.
+        content = "hash(completion, chosen, rejected, label)"
         self.step(
-            "numbering",
-            """
-            CREATE TABLE b_order AS
-            WITH j AS (
-                SELECT rowid AS rid, crank, split, set_index,
-                    hash(completion, chosen, rejected, label) AS content,
-                    suggestion_id, rule, coalesce(other_id, '') AS other
-                FROM b_rows
-            ),
-            deduped AS (
-                SELECT * FROM j
+            "dedup",
+            f"""
+            DELETE FROM b_rows WHERE rowid IN (
+                SELECT r.rowid FROM b_rows r JOIN (
+                    SELECT set_index, crank, {content} AS content FROM b_rows
+                    GROUP BY ALL HAVING count(*) > 1
+                ) d ON d.set_index = r.set_index AND d.crank = r.crank
+                    AND d.content = hash(r.completion, r.chosen, r.rejected, r.label)
                 QUALIFY row_number() OVER (
-                    PARTITION BY set_index, crank, content
-                    ORDER BY suggestion_id, rule, other) = 1
+                    PARTITION BY r.set_index, r.crank, d.content
+                    ORDER BY r.suggestion_id, r.rule, coalesce(r.other_id, '')) > 1
             )
-            SELECT rid, crank, split, set_index, row_number() OVER (
-                    PARTITION BY set_index, split ORDER BY crank, suggestion_id, rule, other) - 1
-                AS ord
-            FROM deduped
             """,
         )
 
@@ -1131,38 +1125,46 @@ class _Builder:
                 lineage[name] = chunk.column(name)
             trail.write(pa.table(lineage).cast(LINEAGE_SCHEMA))
 
+        written: dict[tuple[str, str], int] = {}  # rows of each set and split so far
         try:
             in_flight: list[Future[None]] = []
             # Contexts in slices of output order: each slice renders its prompts once (reading
-            # only the files that hold them) and gathers its rows (b_rows and b_order hold each
-            # rule's rows in context order, so a slice reads a few runs of them).
+            # only the files that hold them) and gathers its rows (b_rows holds each rule's
+            # rows in context order, so a slice reads a few runs of it).
             for low in range(0, contexts, _PROMPT_SLICE):
                 high = min(low + _PROMPT_SLICE, contexts)
                 prompts = self._prompts(low, high)
+                # In row order: by set and split, then context, suggestion, rule and other
+                # suggestion; a row's number is its place in that order (the rows of earlier
+                # slices, then its rank in this one).
                 rows = _arrow(
                     self.db,
                     f"""
-                    SELECT o.set_index, o.split, o.crank - {low} AS at,
+                    SELECT r.set_index, r.split, r.crank - {low} AS at,
                         CASE WHEN r.completion IS NOT NULL THEN k.shift || r.completion END
                             AS completion,
                         CASE WHEN r.chosen IS NOT NULL THEN k.shift || r.chosen END AS chosen,
                         CASE WHEN r.rejected IS NOT NULL THEN k.shift || r.rejected END
                             AS rejected,
-                        r.label, r.reward, o.ord AS "row", r.tenant, r.suggestion_id,
+                        r.label, r.reward, r.tenant, r.suggestion_id,
                         r.other_id AS other_suggestion_id, r.request_id, r.rule, r.weight,
                         k.context_hash, k.created_at, r.language, r.model_version,
                         r.policy_version, r.evidence, r.similarity, r.elapsed_s
-                    FROM (SELECT * FROM b_order WHERE crank >= {low} AND crank < {high}) o
-                    JOIN (SELECT rowid AS rid, * FROM b_rows
-                          WHERE crank >= {low} AND crank < {high}) r ON r.rid = o.rid
+                    FROM (SELECT * FROM b_rows WHERE crank >= {low} AND crank < {high}) r
                     JOIN (SELECT crank, shift, context_hash, created_at FROM b_kctx
-                          WHERE crank >= {low} AND crank < {high}) k ON k.crank = o.crank
-                    ORDER BY o.set_index, o.split DESC, o.ord
+                          WHERE crank >= {low} AND crank < {high}) k ON k.crank = r.crank
+                    ORDER BY r.set_index, r.split DESC, r.crank, r.suggestion_id, r.rule,
+                        coalesce(r.other_id, '')
                     """,
                 )
                 submitted = []
                 for (set_index, split), chunk in _runs(rows, ("set_index", "split")):
                     key = (set_names[set_index], split)
+                    base = written.get(key, 0)
+                    written[key] = base + chunk.num_rows
+                    chunk = chunk.append_column(
+                        "row", pa.array(np.arange(base, base + chunk.num_rows, dtype=np.int64))
+                    )
                     self._tally(key, chunk)
                     submitted.append(pools[key].submit(put, key, prompts, chunk))
                 del prompts, rows
@@ -1260,7 +1262,7 @@ class _Builder:
             """
             SELECT epoch_us(min(created_at)), epoch_us(max(created_at)),
                 count(DISTINCT context_hash)
-            FROM b_kctx k SEMI JOIN b_order o ON o.crank = k.crank
+            FROM b_kctx k SEMI JOIN b_rows r ON r.crank = k.crank
             """
         )[0]
         self.split_contexts = dict(

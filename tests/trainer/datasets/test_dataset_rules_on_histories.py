@@ -159,6 +159,30 @@ def test_when_one_of_several_choices_accepted_then_pairs_against_the_others(tmp_
     }
 
 
+def test_when_two_choices_have_the_same_text_then_each_set_keeps_one_row_for_them(
+    tmp_path: Path,
+):
+    h = History()
+    first, second, third = h.suggest(0, FILE_HEAD, S, choices=["pass", "pass", "s = 0"])
+    for sid in (first, second, third):
+        h.event(sid, "shown", 0.1)
+        h.event(sid, "rejected", 2.1, elapsed_ms=2000.0)
+    snap = build(tmp_path, h)
+    assert read_set(snap, "labels") == [
+        {"prompt": PROMPT, "completion": "pass", "label": False},
+        {"prompt": PROMPT, "completion": "s = 0", "label": False},
+    ]
+    assert [r["completion"] for r in read_set(snap, "rewards")] == ["pass", "s = 0"]
+    # The first by suggestion id stays; row numbers have no gap where the duplicate was.
+    assert [(r["set"], r["suggestion_id"], r["row"]) for r in lineage(snap)] == [
+        ("labels", first, 0),
+        ("labels", third, 1),
+        ("rewards", first, 0),
+        ("rewards", third, 1),
+    ]
+    assert snap.card["counts"]["labels"]["rows"] == 2
+
+
 def test_when_partial_accept_then_accepted_part_is_positive_weighted_by_fraction(tmp_path: Path):
     h = History()
     completion = "s += i.price * 2"  # 16 characters; the word accept takes 1

@@ -1210,28 +1210,28 @@ class _Builder:
                 f"WHERE k.crank >= {low} AND k.crank < {high} ORDER BY 1"
             )
         ]
+        # Unordered (a sort would move every prompt): crank puts them in order below.
         table = _arrow(
             self.db,
             f"""
-            SELECT k.crank, CASE WHEN k.shift = '' THEN p.prompt
-                ELSE substr(p.prompt, 1, length(p.prompt) - length(k.shift)) END AS prompt
-            FROM b_kctx k JOIN (
-                SELECT b.fid AS f, file_row_number AS w,
-                    gm_render(t.template, r.prefix, r.suffix) AS prompt
+            SELECT crank, CASE WHEN shift = '' THEN prompt
+                ELSE substr(prompt, 1, length(prompt) - length(shift)) END AS prompt
+            FROM (
+                SELECT t.crank, t.shift, gm_render(t.template, r.prefix, r.suffix) AS prompt
                 FROM read_parquet($files, union_by_name = true, filename = true,
                     file_row_number = true) r
                 JOIN b_files b ON b.path = r.filename
                 JOIN b_kctx t ON t.f = b.fid AND t.w = r.file_row_number
                     AND t.crank >= {low} AND t.crank < {high}
-            ) p ON p.f = k.f AND p.w = k.w
-            WHERE k.crank >= {low} AND k.crank < {high}
-            ORDER BY k.crank
+            )
             """,
             {"files": files},
         )
         if table.num_rows != high - low:
             raise BuildFailed(f"prompts of contexts {low}..{high}: {table.num_rows} rendered")
-        return table.column("prompt").combine_chunks()
+        # Cranks are exactly low..high-1, so sorted positions are the prompts in crank order.
+        order = pc.sort_indices(table.column("crank"))
+        return table.column("prompt").take(order).combine_chunks()
 
     def tally_outcomes(self) -> None:
         """The card's counts of outcomes, exclusions, evidence and splits; then the tables only

@@ -433,40 +433,56 @@ class _Builder:
             f"""
             CREATE TABLE b_facts AS
             WITH ev AS (
-                SELECT s.sk, e.type, e.ts, e.event_id, e.accept_kind,
-                    e.accepted_text, e.final_text, e.elapsed_ms, e.window_s, e.source,
-                    epoch_us(e.ts) - epoch_us(s.created_at) AS since_created_us
+                SELECT s.sk, e.type, e.ts, e.elapsed_ms, e.source
                 FROM raw_events e JOIN b_sugg s
                   ON s.tenant = e.tenant AND s.suggestion_id = e.suggestion_id
                 WHERE e.ts < {self.until}
+            ),
+            -- The texts come from the few accepted, edited and survived events only:
+            -- aggregated apart, the many shown and rejected events carry no text columns.
+            texts AS (
+                SELECT s.sk, e.type, e.ts, e.event_id, e.accept_kind, e.accepted_text,
+                    e.final_text, e.window_s,
+                    epoch_us(e.ts) - epoch_us(s.created_at) AS since_created_us
+                FROM raw_events e JOIN b_sugg s
+                  ON s.tenant = e.tenant AND s.suggestion_id = e.suggestion_id
+                WHERE e.ts < {self.until} AND e.type IN ('accepted', 'edited', 'survived')
+            ),
+            flags AS (
+                SELECT sk,
+                    bool_or(type = 'shown') AS shown,
+                    min(ts) FILTER (WHERE type = 'shown') AS shown_at,
+                    bool_or(type = 'shown' AND source IN ('native', 'tabby')) AS shown_timed,
+                    bool_or(type IN ('accepted', 'edited', 'survived')) AS accepted,
+                    min(ts) FILTER (WHERE type = 'accepted') AS accepted_at,
+                    bool_or(type = 'rejected') AS rejected,
+                    min(ts) FILTER (WHERE type = 'rejected') AS rejected_at,
+                    max(elapsed_ms) FILTER (WHERE type = 'rejected') AS rejected_elapsed_ms,
+                    bool_or(type = 'rejected' AND source IN ('native', 'tabby'))
+                        AS rejected_timed
+                FROM ev GROUP BY sk
+            ),
+            said AS (
+                SELECT sk,
+                    arg_max_null(accept_kind, {order}) FILTER (WHERE type = 'accepted')
+                        AS accept_kind,
+                    arg_max_null(accepted_text, {order}) FILTER (WHERE type = 'accepted')
+                        AS accepted_text,
+                    arg_max(final_text, (window_s, ts, event_id, final_text)) FILTER (
+                        WHERE type = 'survived' AND window_s <= {self.longest}
+                        AND final_text IS NOT NULL) AS survived_text,
+                    max(window_s) FILTER (
+                        WHERE type = 'survived' AND window_s <= {self.longest}
+                        AND final_text IS NOT NULL) AS survived_s,
+                    arg_max(final_text, (ts, event_id, final_text)) FILTER (
+                        WHERE type = 'edited' AND final_text IS NOT NULL
+                        AND since_created_us <= {longest_us}) AS edited_text,
+                    max(since_created_us / 1e6) FILTER (
+                        WHERE type = 'edited' AND final_text IS NOT NULL
+                        AND since_created_us <= {longest_us}) AS edited_s
+                FROM texts GROUP BY sk
             )
-            SELECT sk,
-                bool_or(type = 'shown') AS shown,
-                min(ts) FILTER (WHERE type = 'shown') AS shown_at,
-                bool_or(type = 'shown' AND source IN ('native', 'tabby')) AS shown_timed,
-                bool_or(type IN ('accepted', 'edited', 'survived')) AS accepted,
-                min(ts) FILTER (WHERE type = 'accepted') AS accepted_at,
-                arg_max_null(accept_kind, {order}) FILTER (WHERE type = 'accepted')
-                    AS accept_kind,
-                arg_max_null(accepted_text, {order}) FILTER (WHERE type = 'accepted')
-                    AS accepted_text,
-                bool_or(type = 'rejected') AS rejected,
-                min(ts) FILTER (WHERE type = 'rejected') AS rejected_at,
-                max(elapsed_ms) FILTER (WHERE type = 'rejected') AS rejected_elapsed_ms,
-                bool_or(type = 'rejected' AND source IN ('native', 'tabby')) AS rejected_timed,
-                arg_max(final_text, (window_s, ts, event_id, final_text)) FILTER (
-                    WHERE type = 'survived' AND window_s <= {self.longest}
-                    AND final_text IS NOT NULL) AS survived_text,
-                max(window_s) FILTER (
-                    WHERE type = 'survived' AND window_s <= {self.longest}
-                    AND final_text IS NOT NULL) AS survived_s,
-                arg_max(final_text, (ts, event_id, final_text)) FILTER (
-                    WHERE type = 'edited' AND final_text IS NOT NULL
-                    AND since_created_us <= {longest_us}) AS edited_text,
-                max(since_created_us / 1e6) FILTER (
-                    WHERE type = 'edited' AND final_text IS NOT NULL
-                    AND since_created_us <= {longest_us}) AS edited_s
-            FROM ev GROUP BY sk
+            SELECT f.*, t.* EXCLUDE (sk) FROM flags f LEFT JOIN said t ON t.sk = f.sk
             """,
         )
         # Requests per file in time order; okey is unique per file stream (ties broken by a

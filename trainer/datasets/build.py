@@ -499,7 +499,9 @@ class _Builder:
                 SELECT hash(s.tenant, s.request_id) AS rk,
                     min(hash(s.tenant, s.user_hash, s.file_path)) AS stream,
                     min(s.created_at) AS created_at,
-                    arg_min(s.sk, (s.choice_index, s.suggestion_id)) AS rep,
+                    -- The first choice (ties, which well-formed records never have, by store
+                    -- position): a number, not a (choice, id) struct, is cheap to compare.
+                    arg_min(s.sk, s.choice_index::HUGEINT * 18446744073709551616 + s.sk) AS rep,
                     min(s.source) AS source,
                     bool_or(coalesce(f.accepted, false)) AS edit_accepted,
                     min(hash(s.request_id)) AS request_hash
@@ -509,13 +511,13 @@ class _Builder:
             )
             SELECT rk, stream, created_at, source, edit_accepted,
                 rep // {_SK_FILE} AS rep_file, rep % {_SK_FILE} AS rep_row,
-                epoch_us(created_at) * 1024 + (row_number() OVER (
-                    PARTITION BY stream, created_at ORDER BY request_hash
-                ) - 1) AS okey,
-                (epoch_us(lead(created_at) OVER (
-                    PARTITION BY stream ORDER BY created_at, request_hash
-                )) - epoch_us(created_at)) / 1000.0 AS gap_ms
+                -- The place among requests of the same stream and time: a row's number in
+                -- the stream minus the first number of its time (one sort for both windows).
+                epoch_us(created_at) * 1024 + (row_number() OVER w - rank() OVER t) AS okey,
+                (epoch_us(lead(created_at) OVER w) - epoch_us(created_at)) / 1000.0 AS gap_ms
             FROM r
+            WINDOW w AS (PARTITION BY stream ORDER BY created_at, request_hash),
+                t AS (PARTITION BY stream ORDER BY created_at)
             """,
             """
             CREATE TABLE b_tclients AS

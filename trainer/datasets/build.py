@@ -575,7 +575,7 @@ class _Builder:
                     WHEN {opted_out} THEN 'opted_out_repo'
                     WHEN s.redacted_share > {self.doc.exclusions.max_redacted_share}
                         THEN 'redacted_share'
-                    WHEN gm_nonblank(s.completion) = 0 THEN 'empty_completion'
+                    WHEN gm_blank(s.completion) THEN 'empty_completion'
                     WHEN f.sk IS NULL AND tc.tenant IS NOT NULL THEN 'not_shown'
                 END AS pre_excluded
             FROM b_sugg s
@@ -825,7 +825,7 @@ class _Builder:
                     WHEN accepted THEN CASE
                         WHEN evidence IS NULL AND NOT window_passed THEN NULL
                         WHEN evidence IS NULL THEN 'accepted_unobserved'
-                        WHEN gm_nonblank(evidence_text) = 0 THEN 'accepted_deleted'
+                        WHEN gm_blank(evidence_text) THEN 'accepted_deleted'
                         WHEN evidence_sim >= {keep} THEN 'accepted_kept'
                         ELSE 'accepted_edited' END
                     WHEN evidence_sim >= {keep} THEN 'inferred_kept'
@@ -833,7 +833,7 @@ class _Builder:
                         WHEN NOT rejected AND NOT window_passed THEN NULL
                         WHEN NOT {self._visible_ok()} THEN NULL
                         WHEN evidence = 'inferred' AND evidence_clean
-                             AND gm_nonblank(evidence_text) > 0 THEN 'dismissed_handwritten'
+                             AND NOT gm_blank(evidence_text) THEN 'dismissed_handwritten'
                         ELSE 'dismissed' END
                     END AS status
                 FROM l
@@ -881,7 +881,7 @@ class _Builder:
         )
         edited_pair = (
             "status IN ('accepted_kept', 'accepted_edited') AND evidence_clean "
-            "AND gm_nonblank(evidence_text) > 0 AND gm_norm(evidence_text) <> gm_norm(inserted)"
+            "AND NOT gm_blank(evidence_text) AND gm_norm(evidence_text) <> gm_norm(inserted)"
         )
         started = time.perf_counter()
         self.db.execute(
@@ -892,7 +892,7 @@ class _Builder:
                 o.evidence_clean, o.evidence_text, o.language, o.model_version,
                 o.policy_version, k.crank, k.split, CASE
                     WHEN o.status IN ('accepted_kept', 'accepted_edited', 'inferred_kept')
-                         AND o.evidence_clean AND gm_nonblank(o.evidence_text) > 0
+                         AND o.evidence_clean AND NOT gm_blank(o.evidence_text)
                         THEN o.evidence_text
                     WHEN o.status IN ('accepted_kept', 'accepted_unobserved') THEN o.inserted
                     WHEN o.status = 'inferred_kept' THEN o.completion
@@ -959,7 +959,7 @@ class _Builder:
               ON b.tenant = a.tenant AND b.request_id = a.request_id
                 AND b.suggestion_id <> a.suggestion_id
             WHERE a.accepted AND a.wanted_text IS NOT NULL
-              AND gm_nonblank(b.completion) > 0
+              AND NOT gm_blank(b.completion)
               AND gm_norm(b.completion) <> gm_norm(a.wanted_text)
             ORDER BY a.crank
             """,
@@ -967,7 +967,7 @@ class _Builder:
             SELECT {set_index["sft"]}, tenant, suggestion_id, NULL, request_id, status,
                 wanted_text, NULL, NULL, NULL, NULL,
                 CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}
-            FROM b_w WHERE wanted_text IS NOT NULL AND gm_nonblank(wanted_text) > 0
+            FROM b_w WHERE wanted_text IS NOT NULL AND NOT gm_blank(wanted_text)
             """,
             f"""
             SELECT {set_index["rewards"]}, tenant, suggestion_id, NULL, request_id, status,

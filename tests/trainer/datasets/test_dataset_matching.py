@@ -167,6 +167,20 @@ def test_when_similarity_computed_then_python_and_duckdb_agree(tmp_path: Path, a
     assert norm == normalize_code(a)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["", " \t\r\n\f\v ", "x", "  x\n", "\\t", "\u00a0", "\n\n    return s\n", None],
+)
+def test_when_blankness_tested_then_gm_blank_agrees_with_the_nonblank_count(tmp_path: Path, text):
+    with FeedbackDB(tmp_path) as db:
+        (blank, count) = db.rows("SELECT gm_blank($t), gm_nonblank($t)", {"t": text})[0]
+    if text is None:
+        assert (blank, count) == (None, None)
+    else:
+        assert blank is (count == 0)
+        assert blank is (text.strip(" \t\r\n\f\v") == "")
+
+
 def _matched(db: FeedbackDB) -> dict[int, tuple]:
     """The out table of match_later_requests by key: the SpanMatch fields, then similarity."""
     return {

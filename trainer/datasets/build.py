@@ -1133,7 +1133,7 @@ class _Builder:
             columns = {"prompt": prompts.take(chunk.column("at").combine_chunks())}
             for name in writer.schema.names[1:]:
                 columns[name] = chunk.column(name)
-            writer.write(pa.table(columns).cast(writer.schema))
+            writer.write(_contiguous(pa.table(columns).cast(writer.schema)))
             n = chunk.num_rows
             lineage = {
                 "set": pa.array([key[0]] * n, pa.string()),
@@ -1141,7 +1141,7 @@ class _Builder:
             }
             for name in lineage_names:
                 lineage[name] = chunk.column(name)
-            trail.write(pa.table(lineage).cast(LINEAGE_SCHEMA))
+            trail.write(_contiguous(pa.table(lineage).cast(LINEAGE_SCHEMA)))
 
         written: dict[tuple[str, str], int] = {}  # rows of each set and split so far
         try:
@@ -1435,6 +1435,14 @@ def _runs(table: pa.Table, keys: tuple[str, ...]) -> list[tuple[tuple[Any, ...],
     ]
 
 
+def _contiguous(table: pa.Table) -> pa.Table:
+    """Every column in one chunk (copying only the columns that are not)."""
+    return pa.table(
+        [c if c.num_chunks == 1 else c.combine_chunks() for c in table.columns],
+        schema=table.schema,
+    )
+
+
 def _iso(epoch_us: int | None) -> str | None:
     if epoch_us is None:
         return None
@@ -1486,9 +1494,9 @@ class _SetWriter:
         combined = pa.concat_tables(self._pending)
         head, rest = combined.slice(0, rows), combined.slice(rows)
         assert self._writer is not None
-        # One contiguous chunk per row group: page boundaries then depend on the rows only,
-        # not on how DuckDB happened to batch them, so the bytes are reproducible.
-        self._writer.write_table(head.combine_chunks(), row_group_size=rows)
+        # Each written table is contiguous (_contiguous), so a row group's chunks start where
+        # the writer's tables do, whatever batches DuckDB returned: the bytes are reproducible.
+        self._writer.write_table(head, row_group_size=rows)
         self.rows += head.num_rows
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows

@@ -470,6 +470,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"generated {counts['events']:,} events and {counts['suggestions']:,} suggestions "
                 f"({size / 1e9:.2f} GB of Parquet) in {elapsed:.0f} s: {parquet}"
             )
+        # Before the build: during it, its own threads (DuckDB's and the writers') load the
+        # cores too.
+        load = os.getloadavg()[0]
         result = run_build(
             parquet, work / "datasets", until, args.threads, args.memory_limit, args.sql_matcher
         )
@@ -485,11 +488,10 @@ def main(argv: list[str] | None = None) -> None:
             f"peak RSS {peak / 1024**3:.2f} GB (target 4 GB, ratio {peak / TARGET_BYTES:.2f}); "
             f"{counts['events']:,} events, {args.threads} threads, {result['matcher']} matcher"
         )
-        load = os.getloadavg()[0]
         print(
             f"CPU: {result['cpu_seconds']:.0f} s over {seconds:.0f} s "
-            f"({result['cpu_seconds'] / seconds:.2f} cores busy); load average {load:.1f} "
-            "(other processes on these cores slow the build down)"
+            f"({result['cpu_seconds'] / seconds:.2f} cores busy); load average before the "
+            f"build {load:.1f} (other processes on these cores slow the build down)"
         )
     finally:
         if args.keep:

@@ -1136,8 +1136,8 @@ class _Builder:
             writer.write(_contiguous(pa.table(columns).cast(writer.schema)))
             n = chunk.num_rows
             lineage = {
-                "set": pa.array([key[0]] * n, pa.string()),
-                "split": pa.array([key[1]] * n, pa.string()),
+                "set": pa.repeat(pa.scalar(key[0], pa.string()), n),
+                "split": pa.repeat(pa.scalar(key[1], pa.string()), n),
             }
             for name in lineage_names:
                 lineage[name] = chunk.column(name)

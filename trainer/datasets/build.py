@@ -1035,8 +1035,8 @@ class _Builder:
             )
             SELECT * EXCLUDE (prompt, shift0),
                 CASE WHEN shift0 = prompt THEN '' ELSE shift0 END AS shift,
-                sha256({_q(key)} || md5(substr(prompt, 1, length(prompt)
-                    - length(CASE WHEN shift0 = prompt THEN '' ELSE shift0 END))))
+                sha256({_q(key)} || md5(CASE WHEN shift0 = '' OR shift0 = prompt THEN prompt
+                    ELSE substr(prompt, 1, length(prompt) - length(shift0)) END))
                     AS context_hash
             FROM shifted
         """

@@ -1498,7 +1498,9 @@ class _SetWriter:
         # the writer's tables do, whatever batches DuckDB returned: the bytes are reproducible.
         self._writer.write_table(head, row_group_size=rows)
         self.rows += head.num_rows
-        self._pending = [rest] if rest.num_rows else []
+        # The rest is copied: a slice would keep the whole table it came from (a slice of
+        # contexts, prompts included) in memory until the next row group.
+        self._pending = [rest.take(np.arange(rest.num_rows))] if rest.num_rows else []
         self._pending_rows = rest.num_rows
 
     def close(self) -> None:

@@ -838,7 +838,11 @@ class _Builder:
                     END AS status
                 FROM l
             )
-            SELECT *, CASE
+            -- Only what rows, contexts and the card read: a narrower table is cheaper to write.
+            SELECT sk, tenant, suggestion_id, request_id, user_hash, language, file_path,
+                model_version, policy_version, created_at, prompt_template, completion, fid,
+                _row, accepted, inserted, fraction, evidence, evidence_sim, evidence_text,
+                evidence_clean, evidence_elapsed_s, status, CASE
                 WHEN status IS NOT NULL THEN NULL
                 WHEN pre_excluded IS NOT NULL THEN pre_excluded
                 WHEN accepted THEN 'no_outcome_yet'

@@ -547,11 +547,10 @@ class _Builder:
             "state",
             f"""
             CREATE TABLE b_state AS
-            SELECT s.tenant, s.suggestion_id, s.request_id, s.user_hash, s.repo, s.source,
-                coalesce(s.language, 'unknown') AS language, s.file_path, s.choice_index,
+            SELECT s.tenant, s.suggestion_id, s.request_id, s.user_hash,
+                coalesce(s.language, 'unknown') AS language, s.file_path,
                 s.model_version, s.policy_version, s.created_at, s.prompt_template,
                 s.completion, s.fid, s._row, s.sk,
-                f.sk IS NOT NULL AS has_events,
                 coalesce(f.shown, false) AS shown,
                 coalesce(f.accepted, false) AS accepted,
                 coalesce(f.rejected, false) AS rejected,

@@ -988,13 +988,13 @@ class _Builder:
         # for the hash here. Duplicates are rare, so only their groups are ranked. Two different
         # rows of one set and context with colliding 64-bit content hashes (about 1 in 2**64)
         # would lose one.
-        content = "hash(completion, chosen, rejected, label)"
         self.step(
             "dedup",
-            f"""
+            """
             DELETE FROM b_rows WHERE rowid IN (
                 SELECT r.rowid FROM b_rows r JOIN (
-                    SELECT set_index, crank, {content} AS content FROM b_rows
+                    SELECT set_index, crank, hash(completion, chosen, rejected, label) AS content
+                    FROM b_rows
                     GROUP BY ALL HAVING count(*) > 1
                 ) d ON d.set_index = r.set_index AND d.crank = r.crank
                     AND d.content = hash(r.completion, r.chosen, r.rejected, r.label)

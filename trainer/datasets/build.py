@@ -235,6 +235,7 @@ def build_snapshot(
                 threads=config.threads,
                 memory_limit=config.memory_limit,
                 temp_dir=work / ".spill",
+                keep_allocated=config.memory_limit is not None,
             ) as db:
                 card = _Builder(db, config, work, say).run()
         except StoreError as exc:

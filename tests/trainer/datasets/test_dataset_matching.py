@@ -10,6 +10,7 @@ import pytest
 from feedback_store import (
     FeedbackDB,
     MatchParams,
+    QueryError,
     edit_similarity,
     match_later_requests,
     match_later_text,
@@ -179,6 +180,22 @@ def test_when_blankness_tested_then_gm_blank_agrees_with_the_nonblank_count(tmp_
     else:
         assert blank is (count == 0)
         assert blank is (text.strip(" \t\r\n\f\v") == "")
+
+
+def test_when_memory_kept_allocated_then_duckdb_reuses_up_to_the_memory_limit(tmp_path: Path):
+    with FeedbackDB(tmp_path, memory_limit="256MiB", keep_allocated=True) as db:
+        (kept,) = db.rows("SELECT current_setting('block_allocator_memory')")[0]
+        db.execute("CREATE TABLE t AS SELECT range AS i, repeat('x', 100) AS s FROM range(100000)")
+        assert db.rows("SELECT count(*), sum(length(s)) FROM t")[0] == (100000, 10_000_000)
+    with FeedbackDB(tmp_path, memory_limit="256MiB") as db:
+        (default,) = db.rows("SELECT current_setting('block_allocator_memory')")[0]
+    assert kept != default
+    assert kept.replace(" ", "").startswith("256")
+
+
+def test_when_memory_kept_without_a_limit_then_the_error_names_the_missing_limit(tmp_path: Path):
+    with pytest.raises(QueryError, match="keep_allocated needs a memory_limit"):
+        FeedbackDB(tmp_path, keep_allocated=True)
 
 
 def _matched(db: FeedbackDB) -> dict[int, tuple]:

@@ -296,4 +296,3 @@ def test_kl_replay_is_zero_for_a_fresh_adapter_and_grows_when_it_moves(
     moved.backward()  # the loss trains the adapter
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
-

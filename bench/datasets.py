@@ -416,7 +416,7 @@ print(json.dumps({{"seconds": time.perf_counter() - begin, "id": snap.id,
                   "timings": snap.card["timings_s"], "matcher": snap.card["matcher"]}}))
 """
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+    before, user_before, kernel_before = usage.ru_maxrss, usage.ru_utime, usage.ru_stime
     env = dict(os.environ, **({"GRISTMILL_NATIVE": "0"} if sql_matcher else {}))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -426,7 +426,10 @@ print(json.dumps({{"seconds": time.perf_counter() - begin, "id": snap.id,
         raise SystemExit(f"build failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["peak_bytes"] = max(peak_kb, before) * 1024
-    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime - cpu_before
+    # Kernel time is mostly page faults: memory freed and faulted in (zeroed) again.
+    result["user_seconds"] = usage.ru_utime - user_before
+    result["kernel_seconds"] = usage.ru_stime - kernel_before
+    result["cpu_seconds"] = result["user_seconds"] + result["kernel_seconds"]
     return result
 
 
@@ -490,7 +493,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(
             f"CPU: {result['cpu_seconds']:.0f} s over {seconds:.0f} s "
-            f"({result['cpu_seconds'] / seconds:.2f} cores busy); load average before the "
+            f"({result['cpu_seconds'] / seconds:.2f} cores busy; "
+            f"user {result['user_seconds']:.0f} s, kernel {result['kernel_seconds']:.0f} s); "
+            f"load average before the "
             f"build {load:.1f} (other processes on these cores slow the build down)"
         )
     finally:

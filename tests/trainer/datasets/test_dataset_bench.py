@@ -33,5 +33,6 @@ def test_when_the_dataset_bench_runs_small_then_it_reports_rows_time_and_memory(
     assert int(rows.group(1)) > 0 and int(rows.group(2)) > 0
     assert re.search(r"build: [0-9.]+ s \(target 60 s", proc.stdout)
     assert re.search(r"peak RSS [0-9.]+ GB", proc.stdout)
-    assert "CPU: " in proc.stdout
+    cpu = r"CPU: [0-9]+ s over [0-9]+ s \(.*; user [0-9]+ s, kernel [0-9]+ s\)"
+    assert re.search(cpu, proc.stdout), proc.stdout
     assert not any(tmp_path.iterdir()), "the generated store is removed without --keep"

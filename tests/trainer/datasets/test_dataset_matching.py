@@ -15,7 +15,9 @@ from feedback_store import (
     match_later_requests,
     match_later_text,
     normalize_code,
+    render_template,
 )
+from feedback_store.prompts import TEMPLATE_FAMILIES
 from tests.trainer.datasets.history import FILE_HEAD
 
 SUFFIX = "\n    return s\n"
@@ -180,6 +182,21 @@ def test_when_blankness_tested_then_gm_blank_agrees_with_the_nonblank_count(tmp_
     else:
         assert blank is (count == 0)
         assert blank is (text.strip(" \t\r\n\f\v") == "")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix"),
+    [("def f(x):\n    ", "\n    return x\n"), ("a", None), ("", ""), ("é'\x00", "ü"), (None, "x")],
+)
+def test_when_prompt_rendered_in_sql_then_it_equals_the_served_template(
+    tmp_path: Path, prefix, suffix
+):
+    with FeedbackDB(tmp_path) as db:
+        for name in TEMPLATE_FAMILIES:
+            params = {"t": name, "p": prefix, "s": suffix}
+            (rendered,) = db.rows("SELECT gm_render($t, $p, $s)", params)[0]
+            assert rendered == (None if prefix is None else render_template(name, prefix, suffix))
+        assert db.rows("SELECT gm_render('no-such-template', 'a', 'b')")[0] == (None,)
 
 
 def test_when_memory_kept_allocated_then_duckdb_reuses_up_to_the_memory_limit(tmp_path: Path):

@@ -891,7 +891,8 @@ class _Builder:
         self.db.execute(
             """
             CREATE TABLE b_w AS
-            SELECT o.tenant, o.suggestion_id, o.request_id, o.status, o.accepted, o.fraction,
+            SELECT o.sk, o.tenant, o.suggestion_id, o.request_id, o.status, o.accepted,
+                o.fraction,
                 o.inserted, o.completion, o.evidence, o.evidence_sim, o.evidence_elapsed_s,
                 o.evidence_clean, o.evidence_text, o.language, o.model_version,
                 o.policy_version, k.crank, k.split, CASE
@@ -913,7 +914,8 @@ class _Builder:
                 other_id VARCHAR, request_id VARCHAR, rule VARCHAR, completion VARCHAR,
                 chosen VARCHAR, rejected VARCHAR, label BOOLEAN, reward DOUBLE, weight DOUBLE,
                 evidence VARCHAR, similarity DOUBLE, elapsed_s DOUBLE, language VARCHAR,
-                model_version VARCHAR, policy_version VARCHAR, crank BIGINT, split VARCHAR)
+                model_version VARCHAR, policy_version VARCHAR, crank BIGINT, split VARCHAR,
+                sk BIGINT, kind INTEGER, other_sk BIGINT)
             """
         )
         inserts = [
@@ -924,14 +926,15 @@ class _Builder:
                 CASE WHEN status LIKE 'accepted%' THEN inserted ELSE completion END,
                 NULL, NULL,
                 status IN ('accepted_kept', 'accepted_unobserved', 'inferred_kept'), NULL,
-                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}
+                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}, sk, 0,
+                NULL
             FROM b_w WHERE status <> 'accepted_edited'
             """,
             f"""
             SELECT {set_index["labels"]}, tenant, suggestion_id, NULL, request_id,
                 CASE WHEN status = 'dismissed_handwritten' THEN 'handwritten_text'
                      ELSE 'edited_text' END,
-                evidence_text, NULL, NULL, true, NULL, 1.0, {common}
+                evidence_text, NULL, NULL, true, NULL, 1.0, {common}, sk, 1, NULL
             FROM b_w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
             """,
             f"""
@@ -940,7 +943,7 @@ class _Builder:
                      ELSE 'accepted_edited' END,
                 NULL, evidence_text,
                 CASE WHEN status = 'dismissed_handwritten' THEN completion ELSE inserted END,
-                NULL, NULL, 1.0, {common}
+                NULL, NULL, 1.0, {common}, sk, 2, NULL
             FROM b_w WHERE status = 'dismissed_handwritten' OR ({edited_pair})
             """,
             # Requests with several choices, one of them accepted: the accepted one's wanted
@@ -955,10 +958,10 @@ class _Builder:
             SELECT {set_index["pairs"]}, a.tenant, a.suggestion_id, b.suggestion_id,
                 a.request_id, 'choice_over_others', NULL, a.wanted_text, b.completion, NULL,
                 NULL, 1.0, a.evidence, a.evidence_sim, a.evidence_elapsed_s, a.language,
-                a.model_version, a.policy_version, a.crank, a.split
+                a.model_version, a.policy_version, a.crank, a.split, a.sk, 3, b.sk
             FROM b_w a
             JOIN n ON n.tenant = a.tenant AND n.request_id = a.request_id
-            JOIN (SELECT tenant, request_id, suggestion_id, completion FROM b_out
+            JOIN (SELECT tenant, request_id, suggestion_id, completion, sk FROM b_out
                   SEMI JOIN n USING (tenant, request_id)) b
               ON b.tenant = a.tenant AND b.request_id = a.request_id
                 AND b.suggestion_id <> a.suggestion_id
@@ -970,12 +973,13 @@ class _Builder:
             f"""
             SELECT {set_index["sft"]}, tenant, suggestion_id, NULL, request_id, status,
                 wanted_text, NULL, NULL, NULL, NULL,
-                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}
+                CASE WHEN status LIKE 'accepted%' THEN fraction ELSE 1.0 END, {common}, sk, 4,
+                NULL
             FROM b_w WHERE wanted_text IS NOT NULL AND NOT gm_blank(wanted_text)
             """,
             f"""
             SELECT {set_index["rewards"]}, tenant, suggestion_id, NULL, request_id, status,
-                completion, NULL, NULL, NULL, {reward}, 1.0, {common}
+                completion, NULL, NULL, NULL, {reward}, 1.0, {common}, sk, 5, NULL
             FROM b_w
             """,
         ]
@@ -1156,9 +1160,10 @@ class _Builder:
             for low in range(0, contexts, _PROMPT_SLICE):
                 high = min(low + _PROMPT_SLICE, contexts)
                 prompts = self._prompts(low, high)
-                # In row order: by set and split, then context, suggestion, rule and other
-                # suggestion; a row's number is its place in that order (the rows of earlier
-                # slices, then its rank in this one).
+                # In row order: by set and split, then context (storage order), then the
+                # suggestion's and the other suggestion's places in the store and the rule's
+                # insert (integers: no string sort); a row's number is its place in that order
+                # (the rows of earlier slices, then its rank in this one).
                 rows = _arrow(
                     self.db,
                     f"""
@@ -1175,8 +1180,7 @@ class _Builder:
                     FROM (SELECT * FROM b_rows WHERE crank >= {low} AND crank < {high}) r
                     JOIN (SELECT crank, shift, context_hash, created_at FROM b_kctx
                           WHERE crank >= {low} AND crank < {high}) k ON k.crank = r.crank
-                    ORDER BY r.set_index, r.split DESC, r.crank, r.suggestion_id, r.rule,
-                        coalesce(r.other_id, '')
+                    ORDER BY r.set_index, r.split DESC, r.crank, r.sk, r.kind, r.other_sk
                     """,
                 )
                 submitted = []

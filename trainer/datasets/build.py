@@ -908,14 +908,22 @@ class _Builder:
             ORDER BY k.crank
             """
         )
+        # Lineage columns with a few values are ENUMs in b_rows (a byte a row, not a string):
+        # cheaper to insert, hold and gather; the writer casts them back to strings.
+        for name in _ENUM_COLUMNS:
+            self.db.execute(
+                f"CREATE TYPE gm_{name} AS ENUM (SELECT DISTINCT {name} FROM b_w "
+                f"WHERE {name} IS NOT NULL ORDER BY 1)"
+            )
         self.db.execute(
             """
-            CREATE TABLE b_rows (set_index INTEGER, tenant VARCHAR, suggestion_id VARCHAR,
+            CREATE TABLE b_rows (set_index INTEGER, tenant gm_tenant, suggestion_id VARCHAR,
                 other_id VARCHAR, request_id VARCHAR, rule VARCHAR, completion VARCHAR,
                 chosen VARCHAR, rejected VARCHAR, label BOOLEAN, reward DOUBLE, weight DOUBLE,
-                evidence VARCHAR, similarity DOUBLE, elapsed_s DOUBLE, language VARCHAR,
-                model_version VARCHAR, policy_version VARCHAR, crank BIGINT, split VARCHAR,
-                sk BIGINT, kind INTEGER, other_sk BIGINT)
+                evidence gm_evidence, similarity DOUBLE, elapsed_s DOUBLE,
+                language gm_language, model_version gm_model_version,
+                policy_version gm_policy_version, crank BIGINT, split VARCHAR, sk BIGINT,
+                kind INTEGER, other_sk BIGINT)
             """
         )
         inserts = [
@@ -1456,6 +1464,9 @@ def _iso(epoch_us: int | None) -> str | None:
         return None
     return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch_us)).isoformat()
 
+
+# b_rows columns stored as ENUMs (see emit_rows).
+_ENUM_COLUMNS = ("tenant", "language", "model_version", "policy_version", "evidence")
 
 _NO_DICTIONARY = frozenset(
     (

@@ -892,10 +892,9 @@ class _Builder:
             """
             CREATE TABLE b_w AS
             SELECT o.sk, o.tenant, o.suggestion_id, o.request_id, o.status, o.accepted,
-                o.fraction,
-                o.inserted, o.completion, o.evidence, o.evidence_sim, o.evidence_elapsed_s,
-                o.evidence_clean, o.evidence_text, o.language, o.model_version,
-                o.policy_version, k.crank, k.split, CASE
+                o.fraction, o.inserted, o.completion, o.evidence, o.evidence_sim,
+                o.evidence_elapsed_s, o.evidence_clean, o.evidence_text, o.language,
+                o.model_version, o.policy_version, k.crank, k.split, CASE
                     WHEN o.status IN ('accepted_kept', 'accepted_edited', 'inferred_kept')
                          AND o.evidence_clean AND NOT gm_blank(o.evidence_text)
                         THEN o.evidence_text
@@ -926,6 +925,8 @@ class _Builder:
                 kind INTEGER, other_sk BIGINT)
             """
         )
+        # Each row ends with sk, kind (its insert's number) and other_sk: its order within a
+        # context and set.
         inserts = [
             f"""
             SELECT {set_index["labels"]}, tenant, suggestion_id, NULL, request_id,
@@ -1169,8 +1170,8 @@ class _Builder:
                 high = min(low + _PROMPT_SLICE, contexts)
                 prompts = self._prompts(low, high)
                 # In row order: by set and split, then context (storage order), then the
-                # suggestion's and the other suggestion's places in the store and the rule's
-                # insert (integers: no string sort); a row's number is its place in that order
+                # suggestion's place in the store, the rule's insert and the other suggestion's
+                # place (integers: no string sort); a row's number is its place in that order
                 # (the rows of earlier slices, then its rank in this one).
                 rows = _arrow(
                     self.db,

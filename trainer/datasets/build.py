@@ -1144,11 +1144,13 @@ class _Builder:
         # each file's rows stay in order, while DuckDB gathers the next slice.
         pools = {key: ThreadPoolExecutor(1) for key in writers}
 
-        def put(key: tuple[str, str], prompts: pa.Array, chunk: pa.Table) -> None:
+        def put(
+            key: tuple[str, str], prompts: pa.Array, where: np.ndarray, chunk: pa.Table
+        ) -> None:
             # In the key's writer thread: the copies (prompts by context, the lineage) and the
             # encoding run beside DuckDB's next slice.
             writer, trail = writers[key]
-            columns = {"prompt": prompts.take(chunk.column("at").combine_chunks())}
+            columns = {"prompt": prompts.take(where[chunk.column("at").to_numpy()])}
             for name in writer.schema.names[1:]:
                 columns[name] = chunk.column(name)
             writer.write(_contiguous(pa.table(columns).cast(writer.schema)))
@@ -1169,7 +1171,7 @@ class _Builder:
             # rows in context order, so a slice reads a few runs of it).
             for low in range(0, contexts, _PROMPT_SLICE):
                 high = min(low + _PROMPT_SLICE, contexts)
-                prompts = self._prompts(low, high)
+                prompts, where = self._prompts(low, high)
                 # In row order: by set and split, then context (storage order), then the
                 # suggestion's place in the store, the rule's insert and the other suggestion's
                 # place (integers: no string sort); a row's number is its place in that order
@@ -1202,13 +1204,14 @@ class _Builder:
                         "row", pa.array(np.arange(base, base + chunk.num_rows, dtype=np.int64))
                     )
                     self._tally(key, chunk)
-                    submitted.append(pools[key].submit(put, key, prompts, chunk))
-                del prompts, rows
+                    submitted.append(pools[key].submit(put, key, prompts, where, chunk))
+                del prompts, where, rows
                 for future in in_flight:  # at most two slices in memory
                     future.result()
                 in_flight = submitted
             for future in in_flight:
                 future.result()
+            self.drop("b_slice")
         finally:
             for pool in pools.values():
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -1237,37 +1240,44 @@ class _Builder:
         for name, seen in self.distinct.items():
             seen.update(v for v in pc.unique(chunk.column(name)).to_pylist() if v is not None)
 
-    def _prompts(self, low: int, high: int) -> pa.Array:
-        """The training prompts of contexts low..high-1 (by crank), in that order."""
-        files = [
-            row[0]
-            for row in self.db.rows(
-                f"SELECT DISTINCT b.path FROM b_kctx k JOIN b_files b ON b.fid = k.f "
-                f"WHERE k.crank >= {low} AND k.crank < {high} ORDER BY 1"
-            )
-        ]
+    def _prompts(self, low: int, high: int) -> tuple[pa.Array, np.ndarray]:
+        """The training prompts of contexts low..high-1 (by crank), and the place of each
+        crank's prompt among them."""
+        # The slice's contexts in a table of their own: its exact size lets the optimizer build
+        # the join's hash table on them and stream the store rows past it (estimated from a
+        # range filter on b_kctx, the store side looked smaller: every prefix and suffix of
+        # the files was copied into the hash table, three times slower).
+        self.db.execute(
+            f"""
+            CREATE OR REPLACE TABLE b_slice AS
+            SELECT b.path, k.w, k.crank, k.template, k.shift
+            FROM b_kctx k JOIN b_files b ON b.fid = k.f
+            WHERE k.crank >= {low} AND k.crank < {high}
+            """
+        )
+        files = [row[0] for row in self.db.rows("SELECT DISTINCT path FROM b_slice ORDER BY 1")]
         # Unordered (a sort would move every prompt): crank puts them in order below.
         table = _arrow(
             self.db,
-            f"""
+            """
             SELECT crank, CASE WHEN shift = '' THEN prompt
                 ELSE substr(prompt, 1, length(prompt) - length(shift)) END AS prompt
             FROM (
                 SELECT t.crank, t.shift, gm_render(t.template, r.prefix, r.suffix) AS prompt
                 FROM read_parquet($files, union_by_name = true, filename = true,
                     file_row_number = true) r
-                JOIN b_files b ON b.path = r.filename
-                JOIN b_kctx t ON t.f = b.fid AND t.w = r.file_row_number
-                    AND t.crank >= {low} AND t.crank < {high}
+                JOIN b_slice t ON t.path = r.filename AND t.w = r.file_row_number
             )
             """,
             {"files": files},
         )
         if table.num_rows != high - low:
             raise BuildFailed(f"prompts of contexts {low}..{high}: {table.num_rows} rendered")
-        # Cranks are exactly low..high-1, so sorted positions are the prompts in crank order.
-        order = pc.sort_indices(table.column("crank"))
-        return table.column("prompt").take(order).combine_chunks()
+        # Not moved into crank order (a copy of every prompt): where[c - low] is the place of
+        # crank c's prompt, for the writers' take. Cranks are exactly low..high-1.
+        where = np.empty(high - low, np.int64)
+        where[table.column("crank").to_numpy() - low] = np.arange(table.num_rows)
+        return table.column("prompt").combine_chunks(), where
 
     def tally_outcomes(self) -> None:
         """The card's counts of outcomes, exclusions, evidence and splits; then the tables only
@@ -1508,27 +1518,32 @@ class _SetWriter:
     def write(self, table: pa.Table) -> None:
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        while self._pending_rows >= self.row_group_rows:
-            self._flush(self.row_group_rows)
-
-    def _flush(self, rows: int) -> None:
+        if self._pending_rows < self.row_group_rows:
+            return
         combined = pa.concat_tables(self._pending)
-        head, rest = combined.slice(0, rows), combined.slice(rows)
+        start = 0
+        while combined.num_rows - start >= self.row_group_rows:
+            self._put(combined.slice(start, self.row_group_rows))
+            start += self.row_group_rows
+        rest = combined.slice(start)
+        # The rest is copied, once: a slice would keep the whole table it came from (a slice
+        # of contexts, prompts included) in memory until the next row group.
+        self._pending = [rest.take(np.arange(rest.num_rows))] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def _put(self, rows: pa.Table) -> None:
         assert self._writer is not None
         # Each written table is contiguous (_contiguous), so a row group's chunks start where
         # the writer's tables do, whatever batches DuckDB returned: the bytes are reproducible.
-        self._writer.write_table(head, row_group_size=rows)
-        self.rows += head.num_rows
-        # The rest is copied: a slice would keep the whole table it came from (a slice of
-        # contexts, prompts included) in memory until the next row group.
-        self._pending = [rest.take(np.arange(rest.num_rows))] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
+        self._writer.write_table(rows, row_group_size=rows.num_rows)
+        self.rows += rows.num_rows
 
     def close(self) -> None:
         if self._writer is None:
             return
         if self._pending_rows:
-            self._flush(self._pending_rows)
+            self._put(pa.concat_tables(self._pending))
+            self._pending, self._pending_rows = [], 0
         self._writer.close()
         self._writer = None
 

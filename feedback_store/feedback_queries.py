@@ -646,6 +646,7 @@ def match_later_requests(
     *,
     on_batch: Callable[[int], None] | None = None,
     native: bool | None = None,
+    compared: bool = True,
 ) -> None:
     """Create ``out_table``: for each row of ``source_sql`` (an insertion and one later request),
     its ``keys`` plus the SpanMatch fields and ``similarity`` (see the module docstring).
@@ -658,6 +659,9 @@ def match_later_requests(
     could still match go through ``match_later_text`` in Python. Both give the same results.
     ``source_sql`` may also be a sequence of (sql, parameters) chunks, matched one after the
     other into the same table (joins of a few hundred thousand texts stay in memory).
+    With ``compared=False`` the compared texts (``compare_from``, ``compare_to``) are left null
+    wherever the similarity is known without them (every row the compiled matcher matched):
+    for callers that only need the similarity, two text columns fewer to store and copy.
     """
     if native is None:
         native = _native.available()
@@ -678,7 +682,7 @@ def match_later_requests(
 
     def split(table: pa.Table) -> tuple[pa.Table, pa.Table]:
         if native:
-            return _native_matches(table, key_names, params)
+            return _native_matches(table, key_names, params, compared)
         found = table.column("found")
         possible = table.column("fuzzy_possible")
         # Matched exactly, or not even matchable without whitespace: decided in SQL.
@@ -715,7 +719,7 @@ def match_later_requests(
 
 
 def _native_matches(
-    table: pa.Table, key_names: list[str], params: MatchParams
+    table: pa.Table, key_names: list[str], params: MatchParams, compared: bool = True
 ) -> tuple[pa.Table, pa.Table]:
     """(every row, matched by the compiled matcher; no rows left for the Python matcher)."""
     result = _native.match(table, params, MAX_COMPARE_CHARS)
@@ -727,8 +731,12 @@ def _native_matches(
     columns["complete"] = pa.array((flags & _native.COMPLETE) != 0)
     columns["method"] = pa.array(method, pa.string())
     columns["text"] = result.text
-    columns["compare_from"] = result.compare_from
-    columns["compare_to"] = result.compare_to
+    if compared:
+        columns["compare_from"] = result.compare_from
+        columns["compare_to"] = result.compare_to
+    else:  # the similarity below is computed already
+        columns["compare_from"] = pa.nulls(len(found), pa.large_string())
+        columns["compare_to"] = columns["compare_from"]
     columns["clean"] = pa.array((flags & _native.CLEAN) != 0)
     columns["moved_found"] = pa.array((flags & _native.MOVED) != 0)
     columns["similarity"] = pc.if_else(

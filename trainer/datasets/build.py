@@ -748,7 +748,8 @@ class _Builder:
                 )
             ]
             chunks.append((source, {"low": low, "high": high, "files": later}))
-        match_later_requests(self.db, chunks, keys, out, params)
+        # The similarity is all the build keeps of the compared texts.
+        match_later_requests(self.db, chunks, keys, out, params, compared=False)
 
     def _file_chunks(self, table: str, fid: str) -> list[dict[str, Any]]:
         """The store files that rows of ``table`` point at (column ``fid``), in runs of whole
@@ -1111,12 +1112,18 @@ class _Builder:
             # Contexts that reach the sets, numbered in output order: storage order (the store
             # file and row their prompt is read from), so each slice of contexts the writer
             # renders reads a few store files once, whatever time range a file covers (landing
-            # batches, compacted days). Every sort and join below is on this integer.
+            # batches, compacted days). Every sort and join below is on this integer. Numbered
+            # on the two integers alone and joined back: a window over the whole rows sorts
+            # their hashes and ids too (2.4M contexts: 1.7 -> 0.7 s).
             """
             CREATE TABLE b_kctx AS
-            SELECT tenant, request_id, f, w, template, shift, context_hash, split, created_at,
-                row_number() OVER (ORDER BY f, w) - 1 AS crank
-            FROM b_ctx WHERE split IS NOT NULL
+            WITH r AS (
+                SELECT f, w, row_number() OVER (ORDER BY f, w) - 1 AS crank
+                FROM b_ctx WHERE split IS NOT NULL
+            )
+            SELECT c.tenant, c.request_id, c.f, c.w, c.template, c.shift, c.context_hash,
+                c.split, c.created_at, r.crank
+            FROM b_ctx c JOIN r ON r.f = c.f AND r.w = c.w
             """,
         )
 

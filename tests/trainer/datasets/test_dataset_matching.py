@@ -390,6 +390,46 @@ def test_when_random_rows_matched_then_each_path_equals_the_python_matcher(
     assert any(r[7] for r in got.values())  # moved
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["sql", "compiled"])
+def test_when_compared_texts_not_kept_then_only_they_differ(tmp_path: Path, native: bool) -> None:
+    """compared=False: the compiled matcher leaves compare_from/compare_to null (the similarity
+    is known without them); the SQL path needs them for the similarity and keeps them. Every
+    other field, similarity included, is the same as with compared=True."""
+    from feedback_store import _native
+
+    if native and not _native.available():
+        pytest.skip("no C compiler (cc) to build feedback_store/_match.c")
+    params = FUZZ_PARAMS[0]
+    rows = _random_rows(11, 1500, params)
+    with FeedbackDB(tmp_path) as db:
+        db.con.register("rows_view", pa.Table.from_pylist(rows))
+        db.execute("CREATE TABLE rows AS SELECT * FROM rows_view")
+        match_later_requests(
+            db, "SELECT * FROM rows", [("k", "BIGINT")], "out", params, native=native
+        )
+        full = _matched(db)
+        db.execute("DROP TABLE out")
+        match_later_requests(
+            db,
+            "SELECT * FROM rows",
+            [("k", "BIGINT")],
+            "out",
+            params,
+            native=native,
+            compared=False,
+        )
+        lean = _matched(db)
+    assert full.keys() == lean.keys()
+    found = [k for k, r in full.items() if r[0]]
+    assert len(found) > 100
+    for k, row in full.items():
+        assert lean[k][:4] + lean[k][6:] == row[:4] + row[6:]
+        if native:
+            assert lean[k][4:6] == (None, None)
+        else:
+            assert lean[k][4:6] == row[4:6]
+
+
 def test_when_native_matcher_disabled_then_it_is_not_available(monkeypatch) -> None:
     import feedback_store._native as native
 

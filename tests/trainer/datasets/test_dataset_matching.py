@@ -359,6 +359,23 @@ FUZZ_PARAMS = [
 ]
 
 
+def _match_random_rows(
+    tmp_path: Path, rows: list[dict], params: MatchParams, native: bool, **options: bool
+) -> dict[int, tuple]:
+    """match_later_requests over ``rows`` (the compiled matcher needs a C compiler, cc)."""
+    from feedback_store import _native
+
+    if native and not _native.available():
+        pytest.skip("no C compiler (cc) to build feedback_store/_match.c")
+    with FeedbackDB(tmp_path) as db:
+        db.con.register("rows_view", pa.Table.from_pylist(rows))
+        db.execute("CREATE TABLE rows AS SELECT * FROM rows_view")
+        match_later_requests(
+            db, "SELECT * FROM rows", [("k", "BIGINT")], "out", params, native=native, **options
+        )
+        return _matched(db)
+
+
 @pytest.mark.parametrize("native", [False, True], ids=["sql", "compiled"])
 @pytest.mark.parametrize("params", FUZZ_PARAMS, ids=["default", "small-windows"])
 def test_when_random_rows_matched_then_each_path_equals_the_python_matcher(
@@ -366,18 +383,8 @@ def test_when_random_rows_matched_then_each_path_equals_the_python_matcher(
 ) -> None:
     """Every branch (exact, fuzzy, none, moved), all-ASCII rows and rows with other code
     points. The compiled matcher needs a C compiler (cc); the SQL path runs everywhere."""
-    from feedback_store import _native
-
-    if native and not _native.available():
-        pytest.skip("no C compiler (cc) to build feedback_store/_match.c")
     rows = _random_rows(7, 1500, params)
-    with FeedbackDB(tmp_path) as db:
-        db.con.register("rows_view", pa.Table.from_pylist(rows))
-        db.execute("CREATE TABLE rows AS SELECT * FROM rows_view")
-        match_later_requests(
-            db, "SELECT * FROM rows", [("k", "BIGINT")], "out", params, native=native
-        )
-        got = _matched(db)
+    got = _match_random_rows(tmp_path, rows, params, native)
     assert len(got) == len(rows)
     methods = set()
     for row in rows:
@@ -395,30 +402,10 @@ def test_when_compared_texts_not_kept_then_only_they_differ(tmp_path: Path, nati
     """compared=False: the compiled matcher leaves compare_from/compare_to null (the similarity
     is known without them); the SQL path needs them for the similarity and keeps them. Every
     other field, similarity included, is the same as with compared=True."""
-    from feedback_store import _native
-
-    if native and not _native.available():
-        pytest.skip("no C compiler (cc) to build feedback_store/_match.c")
     params = FUZZ_PARAMS[0]
     rows = _random_rows(11, 1500, params)
-    with FeedbackDB(tmp_path) as db:
-        db.con.register("rows_view", pa.Table.from_pylist(rows))
-        db.execute("CREATE TABLE rows AS SELECT * FROM rows_view")
-        match_later_requests(
-            db, "SELECT * FROM rows", [("k", "BIGINT")], "out", params, native=native
-        )
-        full = _matched(db)
-        db.execute("DROP TABLE out")
-        match_later_requests(
-            db,
-            "SELECT * FROM rows",
-            [("k", "BIGINT")],
-            "out",
-            params,
-            native=native,
-            compared=False,
-        )
-        lean = _matched(db)
+    full = _match_random_rows(tmp_path / "full", rows, params, native)
+    lean = _match_random_rows(tmp_path / "lean", rows, params, native, compared=False)
     assert full.keys() == lean.keys()
     found = [k for k, r in full.items() if r[0]]
     assert len(found) > 100

@@ -305,7 +305,9 @@ class _Builder:
         self.distinct: dict[str, set[str]] = {
             name: set() for name in ("tenant", "language", "model_version", "policy_version")
         }
-        # Filled by tally_outcomes, before the write.
+        # Filled by the tallies (tally_inference, tally_contexts, tally_outcomes), before the
+        # write.
+        self.context_exclusions: list[tuple[Any, ...]] = []
         self.outcomes: dict[str, int] = {}
         self.exclusions: dict[str, int] = {}
         self.evidence: dict[str, int] = {}
@@ -335,8 +337,11 @@ class _Builder:
         self.infer()
         self.drop("b_cand", "b_ctext", "b_obs", "b_chain", "b_match", "b_req")
         self.decide()
-        self.drop("b_state")
+        self.tally_inference()
+        self.drop("b_state", "b_evidence")
         self.contexts()
+        self.tally_contexts()
+        self.drop("b_ctx", "b_cut")
         self.emit_rows()
         self.tally_outcomes()
         files = self.write()
@@ -1286,9 +1291,37 @@ class _Builder:
         where[table.column("crank").to_numpy() - low] = np.arange(table.num_rows)
         return table.column("prompt").combine_chunks(), where
 
+    # Each tally counts for the card as soon as a table's last reader is done, so the table is
+    # dropped there and does not sit in memory (or spill) through the later steps.
+
+    def tally_inference(self) -> None:
+        """The card's counts of inference methods (``b_evidence``, read last by decide)."""
+        self.inference_methods = dict(
+            self.db.rows("SELECT method, count(*) FROM b_evidence GROUP BY ALL ORDER BY ALL")
+        )
+
+    def tally_contexts(self) -> None:
+        """The card's counts of contexts per split, the cut, and the decided suggestions whose
+        context was a duplicate or purged at the cut (``b_ctx``, ``b_cut``: read last here)."""
+        self.context_exclusions = self.db.rows(
+            """
+            SELECT CASE WHEN c.kept IS NULL THEN 'split_purge' ELSE 'duplicate_context' END,
+                count(*)
+            FROM b_out o JOIN b_ctx c USING (tenant, request_id)
+            WHERE o.status IS NOT NULL AND c.split IS NULL GROUP BY ALL ORDER BY ALL
+            """
+        )
+        self.split_contexts = dict(
+            self.db.rows(
+                "SELECT split, count(*) FROM b_ctx WHERE split IS NOT NULL GROUP BY ALL "
+                "ORDER BY ALL"
+            )
+        )
+        self.cutoff = self.db.rows("SELECT epoch_us(cutoff) FROM b_cut")[0][0]
+
     def tally_outcomes(self) -> None:
-        """The card's counts of outcomes, exclusions, evidence and splits; then the tables only
-        they read are dropped, so the write has their memory."""
+        """The card's counts of outcomes, exclusions and evidence; then ``b_out`` is dropped,
+        so the write has its memory."""
         self.outcomes = dict(
             self.db.rows(
                 "SELECT status, count(*) FROM b_out WHERE status IS NOT NULL GROUP BY ALL "
@@ -1301,15 +1334,7 @@ class _Builder:
                 "ORDER BY ALL"
             )
         )
-        for reason, n in self.db.rows(
-            """
-            SELECT CASE WHEN c.kept IS NULL THEN 'split_purge' ELSE 'duplicate_context' END,
-                count(*)
-            FROM b_out o JOIN b_ctx c USING (tenant, request_id)
-            WHERE o.status IS NOT NULL AND c.split IS NULL GROUP BY ALL ORDER BY ALL
-            """
-        ):
-            self.exclusions[reason] = n
+        self.exclusions.update(self.context_exclusions)
         (self.considered,) = self.db.rows("SELECT count(*) FROM b_out")[0]
         self.used = self.db.rows(
             """
@@ -1318,23 +1343,13 @@ class _Builder:
             FROM b_kctx k SEMI JOIN b_rows r ON r.crank = k.crank
             """
         )[0]
-        self.split_contexts = dict(
-            self.db.rows(
-                "SELECT split, count(*) FROM b_ctx WHERE split IS NOT NULL GROUP BY ALL "
-                "ORDER BY ALL"
-            )
-        )
-        self.cutoff = self.db.rows("SELECT epoch_us(cutoff) FROM b_cut")[0][0]
         self.evidence = dict(
             self.db.rows(
                 "SELECT coalesce(evidence, 'none'), count(*) FROM b_out WHERE status IS NOT NULL "
                 "GROUP BY ALL ORDER BY ALL"
             )
         )
-        self.inference_methods = dict(
-            self.db.rows("SELECT method, count(*) FROM b_evidence GROUP BY ALL ORDER BY ALL")
-        )
-        self.drop("b_out", "b_ctx", "b_cut", "b_evidence")
+        self.drop("b_out")
 
     def card(self, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rules = self.config.rules

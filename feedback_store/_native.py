@@ -141,12 +141,33 @@ def _strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def match(table: pa.Table, params: object, max_compare_chars: int) -> NativeMatch:
-    """Run the compiled matcher over ``table`` (columns INPUTS and ``accepted``)."""
+    """Run the compiled matcher over ``table`` (columns INPUTS and ``accepted``), a record
+    batch at a time: the texts are read where they are, not first copied into one array."""
     lib = _load()
     if lib is None:
         raise RuntimeError("the native matcher is not available")
-    n = table.num_rows
-    columns = [_strings(table.column(name)) for name in INPUTS]
+    knobs = np.array(
+        [int(getattr(params, name)) for name in _PARAMS] + [int(max_compare_chars)], np.int64
+    )
+    parts = [
+        _match_batch(lib, batch, knobs)
+        for batch in table.select([*INPUTS, "accepted"]).to_batches()
+        if batch.num_rows
+    ]
+    if not parts:
+        empty = pa.chunked_array([], pa.large_string())
+        return NativeMatch(np.zeros(0, np.uint8), np.zeros(0, np.float64), empty, empty, empty)
+    flags = np.concatenate([part[0] for part in parts])
+    sims = np.concatenate([part[1] for part in parts])
+    texts = [pa.chunked_array([part[2][k] for part in parts]) for k in range(3)]
+    return NativeMatch(flags, sims, *texts)
+
+
+def _match_batch(
+    lib: ctypes.CDLL, batch: pa.RecordBatch, knobs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[pa.Array]]:
+    n = batch.num_rows
+    columns = [_strings(batch.column(name)) for name in INPUTS]
     offsets = (ctypes.c_void_p * len(INPUTS))()
     data = (ctypes.c_void_p * len(INPUTS))()
     wide = np.zeros(len(INPUTS), np.uint8)
@@ -163,10 +184,7 @@ def match(table: pa.Table, params: object, max_compare_chars: int) -> NativeMatc
         else:
             data[k] = data_buffer.address
     accepted = np.ascontiguousarray(
-        table.column("accepted").fill_null(False).to_numpy(zero_copy_only=False), dtype=np.uint8
-    )
-    knobs = np.array(
-        [int(getattr(params, name)) for name in _PARAMS] + [int(max_compare_chars)], np.int64
+        batch.column("accepted").fill_null(False).to_numpy(zero_copy_only=False), dtype=np.uint8
     )
     flags = np.zeros(n, np.uint8)
     sims = np.zeros(n, np.float64)
@@ -199,7 +217,7 @@ def match(table: pa.Table, params: object, max_compare_chars: int) -> NativeMatc
     finally:
         lib.gm_free(handle)
     del keep
-    return NativeMatch(flags, sims, *outputs)
+    return flags, sims, outputs
 
 
 def main() -> None:

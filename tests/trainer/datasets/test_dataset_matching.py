@@ -417,6 +417,37 @@ def test_when_compared_texts_not_kept_then_only_they_differ(tmp_path: Path, nati
             assert lean[k][4:6] == row[4:6]
 
 
+def test_when_table_arrives_in_uneven_batches_then_native_results_equal_one_batch() -> None:
+    """The compiled matcher runs batch by batch on the texts where DuckDB exported them: any
+    split (batches of 1, 7 and 1000 rows, and an empty batch) gives the results of one batch.
+    Needs a C compiler (cc)."""
+    from feedback_store import _native
+
+    if not _native.available():
+        pytest.skip("no C compiler (cc) to build feedback_store/_match.c")
+    params = FUZZ_PARAMS[0]
+    rows = _random_rows(5, 1500, params)
+    for row in rows:
+        row["prefix_tail"], row["suffix_head"] = row.pop("prefix"), row.pop("suffix")
+    whole = pa.Table.from_pylist(rows)
+    cuts = [0, 1, 8, 8, 1008, len(rows)]
+    batches = [
+        whole.slice(a, b - a).combine_chunks().to_batches()[0]
+        for a, b in zip(cuts, cuts[1:], strict=False)
+        if b > a
+    ]
+    batches.insert(2, pa.RecordBatch.from_pylist([], schema=whole.schema))
+    pieces = pa.Table.from_batches(batches)
+    assert pieces.column("inserted").num_chunks >= 4
+    one = _native.match(whole, params, 2000)
+    split = _native.match(pieces, params, 2000)
+    assert split.flags.tolist() == one.flags.tolist()
+    assert split.similarity.tolist() == one.similarity.tolist()
+    assert (split.flags & _native.FOUND).any() and not (split.flags & _native.FOUND).all()
+    for name in ("text", "compare_from", "compare_to"):
+        assert getattr(split, name).to_pylist() == getattr(one, name).to_pylist(), name
+
+
 def test_when_native_matcher_disabled_then_it_is_not_available(monkeypatch) -> None:
     import feedback_store._native as native
 

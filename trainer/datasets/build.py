@@ -1160,20 +1160,27 @@ class _Builder:
             key: tuple[str, str], prompts: pa.Array, where: np.ndarray, chunk: pa.Table
         ) -> None:
             # In the key's writer thread: the copies (prompts by context, the lineage) and the
-            # encoding run beside DuckDB's next slice.
+            # encoding run beside DuckDB's next slice. Copied in pieces (see _cuts).
             writer, trail = writers[key]
-            columns = {"prompt": prompts.take(where[chunk.column("at").to_numpy()])}
-            for name in writer.schema.names[1:]:
-                columns[name] = chunk.column(name)
-            writer.write(_contiguous(pa.table(columns).cast(writer.schema)))
             n = chunk.num_rows
+            cuts = _cuts(chunk.column("row")[0].as_py(), n, writer.row_group_rows)
+            bounds = list(zip(cuts, cuts[1:], strict=False))
+            at = where[chunk.column("at").to_numpy()]
+            columns = {
+                "prompt": pa.chunked_array([prompts.take(at[a:b]) for a, b in bounds], prompts.type)
+            }
+            for name in writer.schema.names[1:]:
+                columns[name] = _pieces(chunk.column(name), bounds)
+            writer.write(pa.table(columns).cast(writer.schema))
             lineage = {
                 "set": pa.repeat(pa.scalar(key[0], pa.string()), n),
                 "split": pa.repeat(pa.scalar(key[1], pa.string()), n),
             }
             for name in lineage_names:
                 lineage[name] = chunk.column(name)
-            trail.write(_contiguous(pa.table(lineage).cast(LINEAGE_SCHEMA)))
+            trail.write(
+                pa.table({k: _pieces(v, bounds) for k, v in lineage.items()}).cast(LINEAGE_SCHEMA)
+            )
 
         written: dict[tuple[str, str], int] = {}  # rows of each set and split so far
         try:
@@ -1485,12 +1492,34 @@ def _runs(table: pa.Table, keys: tuple[str, ...]) -> list[tuple[tuple[Any, ...],
     ]
 
 
-def _contiguous(table: pa.Table) -> pa.Table:
-    """Every column in one chunk (copying only the columns that are not)."""
-    return pa.table(
-        [c if c.num_chunks == 1 else c.combine_chunks() for c in table.columns],
-        schema=table.schema,
-    )
+# Rows the writers copy at once: a multiple of the Parquet writer's batch (1,024 values).
+_PIECE_ROWS = 2_048
+
+
+def _cuts(base: int, n: int, group: int) -> list[int]:
+    """Where to cut rows base..base+n-1 of a file (offsets 0..n) into the pieces a writer copies:
+    at each row group start (multiples of ``group``) and every _PIECE_ROWS rows from the table's
+    or a row group's start. The Parquet writer writes each chunk of a column in batches of 1,024
+    values from its start, so these cuts leave the file's bytes those of one contiguous array
+    per written table (whatever batches DuckDB returned), while every copy stays small: memory
+    the allocator reuses, not fresh pages from the kernel (whole tables of prompts, 100 MB and
+    more, were faulted in and zeroed each time)."""
+    starts = [0, *range((base // group + 1) * group - base, n, group)]
+    cuts = {n}
+    for start, end in zip(starts, [*starts[1:], n], strict=False):
+        cuts.update(range(start, end, _PIECE_ROWS))
+    return sorted(cuts)
+
+
+def _pieces(column: pa.Array | pa.ChunkedArray, bounds: list[tuple[int, int]]) -> pa.ChunkedArray:
+    """``column`` in one chunk per (start, end) of ``bounds``."""
+    pieces = []
+    for a, b in bounds:
+        piece = column.slice(a, b - a)
+        if isinstance(piece, pa.ChunkedArray):
+            piece = piece.chunk(0) if piece.num_chunks == 1 else piece.combine_chunks()
+        pieces.append(piece)
+    return pa.chunked_array(pieces, column.type)
 
 
 def _iso(epoch_us: int | None) -> str | None:
@@ -1548,15 +1577,14 @@ class _SetWriter:
             self._put(combined.slice(start, self.row_group_rows))
             start += self.row_group_rows
         rest = combined.slice(start)
-        # The rest is copied, once: a slice would keep the whole table it came from (a slice
-        # of contexts, prompts included) in memory until the next row group.
-        self._pending = [rest.take(np.arange(rest.num_rows))] if rest.num_rows else []
+        # Not copied: the rest keeps only its own pieces (see _cuts), not its whole slice.
+        self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
 
     def _put(self, rows: pa.Table) -> None:
         assert self._writer is not None
-        # Each written table is contiguous (_contiguous), so a row group's chunks start where
-        # the writer's tables do, whatever batches DuckDB returned: the bytes are reproducible.
+        # A row group's chunks start where the writer's tables and row groups do, or a multiple
+        # of 1,024 rows after (_cuts): the bytes are reproducible.
         self._writer.write_table(rows, row_group_size=rows.num_rows)
         self.rows += rows.num_rows
 

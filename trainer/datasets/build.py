@@ -367,11 +367,24 @@ class _Builder:
             CREATE VIEW b_raw AS
             SELECT r.*, f.fid FROM raw_suggestions r JOIN b_files f ON f.path = r._file
             """,
+            # The values of the few-valued columns, in one pass over the store.
+            "CREATE TABLE b_values AS SELECT DISTINCT "
+            + ", ".join(f"{value} AS {name}" for name, value, _ in _STORE_ENUMS)
+            + " FROM raw_suggestions",
+            *[
+                f"CREATE TYPE gm_s_{name} AS ENUM (SELECT DISTINCT v FROM (SELECT {name} AS v "
+                f"FROM b_values{extra}) WHERE v IS NOT NULL ORDER BY 1)"
+                for name, _, extra in _STORE_ENUMS
+            ],
+            "DROP TABLE b_values",
             f"""
             CREATE TABLE b_sugg AS
-            SELECT tenant, suggestion_id, request_id, user_hash, repo, source, language,
-                file_path, choice_index, model_version, policy_version, created_at,
-                prompt_template, coalesce(client_name, '') AS client_name, completion,
+            SELECT tenant::gm_s_tenant AS tenant, suggestion_id, request_id, user_hash, repo,
+                source::gm_s_source AS source, language::gm_s_language AS language,
+                file_path, choice_index, model_version::gm_s_model_version AS model_version,
+                policy_version::gm_s_policy_version AS policy_version, created_at,
+                prompt_template::gm_s_prompt_template AS prompt_template,
+                coalesce(client_name, '')::gm_s_client_name AS client_name, completion,
                 fid, _row, fid::BIGINT * {_SK_FILE} + _row AS sk,
                 CASE WHEN source IN ('continue', 'openai') THEN substr(prefix, -64) END AS tail64,
                 CASE WHEN source IN ('continue', 'openai')
@@ -554,7 +567,7 @@ class _Builder:
             f"""
             CREATE TABLE b_state AS
             SELECT s.tenant, s.suggestion_id, s.request_id, s.user_hash,
-                coalesce(s.language, 'unknown') AS language, s.file_path,
+                coalesce(s.language, 'unknown'::gm_s_language) AS language, s.file_path,
                 s.model_version, s.policy_version, s.created_at, s.prompt_template,
                 s.completion, s.fid, s._row, s.sk,
                 coalesce(f.shown, false) AS shown,
@@ -915,20 +928,20 @@ class _Builder:
             """
         )
         # Lineage columns with a few values are ENUMs in b_rows (a byte a row, not a string):
-        # cheaper to insert, hold and gather; the writer casts them back to strings.
-        for name in _ENUM_COLUMNS:
-            self.db.execute(
-                f"CREATE TYPE gm_{name} AS ENUM (SELECT DISTINCT {name} FROM b_w "
-                f"WHERE {name} IS NOT NULL ORDER BY 1)"
-            )
+        # cheaper to insert, hold and gather; the writer casts them back to strings. Tenant,
+        # language and versions are since the first table (_STORE_ENUMS).
+        self.db.execute(
+            "CREATE TYPE gm_evidence AS ENUM (SELECT DISTINCT evidence FROM b_w "
+            "WHERE evidence IS NOT NULL ORDER BY 1)"
+        )
         self.db.execute(
             """
-            CREATE TABLE b_rows (set_index INTEGER, tenant gm_tenant, suggestion_id VARCHAR,
+            CREATE TABLE b_rows (set_index INTEGER, tenant gm_s_tenant, suggestion_id VARCHAR,
                 other_id VARCHAR, request_id VARCHAR, rule VARCHAR, completion VARCHAR,
                 chosen VARCHAR, rejected VARCHAR, label BOOLEAN, reward DOUBLE, weight DOUBLE,
                 evidence gm_evidence, similarity DOUBLE, elapsed_s DOUBLE,
-                language gm_language, model_version gm_model_version,
-                policy_version gm_policy_version, crank BIGINT, split VARCHAR, sk BIGINT,
+                language gm_s_language, model_version gm_s_model_version,
+                policy_version gm_s_policy_version, crank BIGINT, split VARCHAR, sk BIGINT,
                 kind INTEGER, other_sk BIGINT)
             """
         )
@@ -1528,8 +1541,17 @@ def _iso(epoch_us: int | None) -> str | None:
     return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch_us)).isoformat()
 
 
-# b_rows columns stored as ENUMs (see emit_rows).
-_ENUM_COLUMNS = ("tenant", "language", "model_version", "policy_version", "evidence")
+# Store columns with few values, held as ENUMs from the first table on (a byte a row, not a
+# string): (name, value, extra rows), the values sorted so min() and ordering are the strings'.
+_STORE_ENUMS = (
+    ("tenant", "tenant", ""),
+    ("source", "source", ""),
+    ("language", "language", " UNION ALL SELECT 'unknown'"),
+    ("model_version", "model_version", ""),
+    ("policy_version", "policy_version", ""),
+    ("prompt_template", "prompt_template", ""),
+    ("client_name", "coalesce(client_name, '')", ""),
+)
 
 _NO_DICTIONARY = frozenset(
     (

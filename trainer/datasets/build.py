@@ -573,7 +573,9 @@ class _Builder:
                 coalesce(f.shown, false) AS shown,
                 coalesce(f.accepted, false) AS accepted,
                 coalesce(f.rejected, false) AS rejected,
-                CASE WHEN {partial} THEN f.accepted_text ELSE s.completion END AS inserted,
+                -- The text inserted, where it is not the completion (a partial accept): held
+                -- once, not a second copy of every completion.
+                CASE WHEN {partial} THEN f.accepted_text END AS partial_text,
                 CASE WHEN {partial} THEN least(1.0, length(f.accepted_text)
                     / greatest(length(s.completion), 1)) ELSE 1.0 END AS fraction,
                 coalesce(f.accepted_at, s.created_at) AS after_ts,
@@ -628,7 +630,8 @@ class _Builder:
             f"""
             CREATE TABLE b_cand AS
             SELECT sk, hash(tenant, user_hash, file_path) AS stream, after_ts, accepted,
-                inserted, fid, _row, epoch_us(after_ts) * 1024 + 1023 AS floor_key
+                coalesce(partial_text, completion) AS inserted, fid, _row,
+                epoch_us(after_ts) * 1024 + 1023 AS floor_key
             FROM b_state
             WHERE pre_excluded IS NULL AND file_path IS NOT NULL AND {enabled}
               AND CASE WHEN accepted THEN native_text IS NULL
@@ -810,7 +813,8 @@ class _Builder:
             f"""
             CREATE TABLE b_out AS
             WITH j AS (
-                SELECT st.*, ev.obs_at, ev.method AS obs_method, ev.text AS obs_text,
+                SELECT st.*, coalesce(st.partial_text, st.completion) AS inserted,
+                    ev.obs_at, ev.method AS obs_method, ev.text AS obs_text,
                     ev.clean AS obs_clean, ev.similarity AS obs_sim,
                     coalesce(ev.found AND ev.complete, false) AS obs_ok,
                     coalesce(ev.moved_found, false) AS moved
@@ -860,7 +864,7 @@ class _Builder:
             -- Only what rows, contexts and the card read: a narrower table is cheaper to write.
             SELECT sk, tenant, suggestion_id, request_id, user_hash, language, file_path,
                 model_version, policy_version, created_at, prompt_template, completion, fid,
-                _row, accepted, inserted, fraction, evidence, evidence_sim, evidence_text,
+                _row, accepted, partial_text, fraction, evidence, evidence_sim, evidence_text,
                 evidence_clean, evidence_elapsed_s, status, CASE
                 WHEN status IS NOT NULL THEN NULL
                 WHEN pre_excluded IS NOT NULL THEN pre_excluded
@@ -913,13 +917,15 @@ class _Builder:
             """
             CREATE TABLE b_w AS
             SELECT o.sk, o.tenant, o.suggestion_id, o.request_id, o.status, o.accepted,
-                o.fraction, o.inserted, o.completion, o.evidence, o.evidence_sim,
+                o.fraction, coalesce(o.partial_text, o.completion) AS inserted, o.completion,
+                o.evidence, o.evidence_sim,
                 o.evidence_elapsed_s, o.evidence_clean, o.evidence_text, o.language,
                 o.model_version, o.policy_version, k.crank, k.split, CASE
                     WHEN o.status IN ('accepted_kept', 'accepted_edited', 'inferred_kept')
                          AND o.evidence_clean AND NOT gm_blank(o.evidence_text)
                         THEN o.evidence_text
-                    WHEN o.status IN ('accepted_kept', 'accepted_unobserved') THEN o.inserted
+                    WHEN o.status IN ('accepted_kept', 'accepted_unobserved')
+                        THEN coalesce(o.partial_text, o.completion)
                     WHEN o.status = 'inferred_kept' THEN o.completion
                     WHEN o.status = 'dismissed_handwritten' THEN o.evidence_text
                     END AS wanted_text

@@ -566,8 +566,12 @@ class _Builder:
             "state",
             f"""
             CREATE TABLE b_state AS
-            SELECT s.tenant, s.suggestion_id, s.request_id, s.user_hash,
-                coalesce(s.language, 'unknown'::gm_s_language) AS language, s.file_path,
+            SELECT s.tenant, s.suggestion_id, s.request_id,
+                -- The file stream (tenant, user, file) by its 64-bit hash, as in b_req; NULL
+                -- without a file.
+                CASE WHEN s.file_path IS NOT NULL
+                    THEN hash(s.tenant, s.user_hash, s.file_path) END AS stream,
+                coalesce(s.language, 'unknown'::gm_s_language) AS language,
                 s.model_version, s.policy_version, s.created_at, s.prompt_template,
                 s.completion, s.fid, s._row, s.sk,
                 coalesce(f.shown, false) AS shown,
@@ -629,11 +633,11 @@ class _Builder:
             evidence,
             f"""
             CREATE TABLE b_cand AS
-            SELECT sk, hash(tenant, user_hash, file_path) AS stream, after_ts, accepted,
+            SELECT sk, stream, after_ts, accepted,
                 coalesce(partial_text, completion) AS inserted, fid, _row,
                 epoch_us(after_ts) * 1024 + 1023 AS floor_key
             FROM b_state
-            WHERE pre_excluded IS NULL AND file_path IS NOT NULL AND {enabled}
+            WHERE pre_excluded IS NULL AND stream IS NOT NULL AND {enabled}
               AND CASE WHEN accepted THEN native_text IS NULL
                        WHEN rejected OR shown THEN {self._visible_ok()}
                        ELSE {without} AND NOT telemetry_client AND {self._visible_ok()} END
@@ -862,7 +866,7 @@ class _Builder:
                 FROM l
             )
             -- Only what rows, contexts and the card read: a narrower table is cheaper to write.
-            SELECT sk, tenant, suggestion_id, request_id, user_hash, language, file_path,
+            SELECT sk, tenant, suggestion_id, request_id, stream, language,
                 model_version, policy_version, created_at, prompt_template, completion, fid,
                 _row, accepted, partial_text, fraction, evidence, evidence_sim, evidence_text,
                 evidence_clean, evidence_elapsed_s, status, CASE
@@ -1054,7 +1058,7 @@ class _Builder:
             """
             CREATE TABLE b_need AS
             SELECT s.tenant, s.request_id, min(s.created_at) AS created_at,
-                min(s.user_hash) AS user_hash, min(s.file_path) AS file_path,
+                min(s.stream) AS stream,
                 min(s.prompt_template) AS template,
                 arg_min(s.fid, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
             FROM b_out s SEMI JOIN (SELECT tenant, request_id FROM b_out WHERE status IS NOT NULL)
@@ -1128,10 +1132,10 @@ class _Builder:
             UPDATE b_ctx SET split = NULL, kept = NULL
             WHERE split = 'train'
               AND epoch_us(created_at) >= epoch_us((SELECT cutoff FROM b_cut)) - {purge_us}
-              AND file_path IS NOT NULL
+              AND stream IS NOT NULL
               AND EXISTS (
                 SELECT 1 FROM b_ctx e WHERE e.split = 'eval' AND e.tenant = b_ctx.tenant
-                  AND e.user_hash = b_ctx.user_hash AND e.file_path = b_ctx.file_path)
+                  AND e.stream = b_ctx.stream)
             """,
             # Contexts that reach the sets, numbered in output order: storage order (the store
             # file and row their prompt is read from), so each slice of contexts the writer

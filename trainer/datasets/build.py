@@ -135,6 +135,18 @@ _OUTCOME_STATUSES = (
     "dismissed",
     "dismissed_handwritten",
 )
+# Every rule a row can come from (see emit_rows), sorted.
+_RULES = tuple(
+    sorted(
+        {
+            *_OUTCOME_STATUSES,
+            *(f"partial_{s}" for s in _OUTCOME_STATUSES if s.startswith("accepted")),
+            "handwritten_text",
+            "edited_text",
+            "choice_over_others",
+        }
+    )
+)
 
 
 def prompt_and_shift(template: str, rendered: str) -> tuple[str, str]:
@@ -944,14 +956,17 @@ class _Builder:
             "CREATE TYPE gm_evidence AS ENUM (SELECT DISTINCT evidence FROM b_w "
             "WHERE evidence IS NOT NULL ORDER BY 1)"
         )
+        # Rules and splits too, their values sorted (dedup orders by rule, the write by split).
+        self.db.execute(f"CREATE TYPE gm_rule AS ENUM ({', '.join(map(_q, _RULES))})")
+        self.db.execute(f"CREATE TYPE gm_split AS ENUM ({', '.join(map(_q, sorted(SPLITS)))})")
         self.db.execute(
             """
             CREATE TABLE b_rows (set_index INTEGER, tenant gm_s_tenant, suggestion_id VARCHAR,
-                other_id VARCHAR, request_id VARCHAR, rule VARCHAR, completion VARCHAR,
+                other_id VARCHAR, request_id VARCHAR, rule gm_rule, completion VARCHAR,
                 chosen VARCHAR, rejected VARCHAR, label BOOLEAN, reward DOUBLE, weight DOUBLE,
                 evidence gm_evidence, similarity DOUBLE, elapsed_s DOUBLE,
                 language gm_s_language, model_version gm_s_model_version,
-                policy_version gm_s_policy_version, crank BIGINT, split VARCHAR, sk BIGINT,
+                policy_version gm_s_policy_version, crank BIGINT, split gm_split, sk BIGINT,
                 kind INTEGER, other_sk BIGINT)
             """
         )
@@ -1221,14 +1236,15 @@ class _Builder:
                 rows = _arrow(
                     self.db,
                     f"""
-                    SELECT r.set_index, r.split, r.crank - {low} AS at,
+                    SELECT r.set_index, r.split::VARCHAR AS split, r.crank - {low} AS at,
                         CASE WHEN r.completion IS NOT NULL THEN k.shift || r.completion END
                             AS completion,
                         CASE WHEN r.chosen IS NOT NULL THEN k.shift || r.chosen END AS chosen,
                         CASE WHEN r.rejected IS NOT NULL THEN k.shift || r.rejected END
                             AS rejected,
                         r.label, r.reward, r.tenant, r.suggestion_id,
-                        r.other_id AS other_suggestion_id, r.request_id, r.rule, r.weight,
+                        r.other_id AS other_suggestion_id, r.request_id, r.rule::VARCHAR AS rule,
+                        r.weight,
                         k.context_hash, k.created_at, r.language, r.model_version,
                         r.policy_version, r.evidence, r.similarity, r.elapsed_s
                     FROM (SELECT * FROM b_rows WHERE crank >= {low} AND crank < {high}) r

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from trainer.datasets.build import _PIECE_ROWS, SETS, _cuts, _pieces, _SetWriter
+from trainer.datasets.build import _PIECE_ROWS, SETS, _contiguous, _cuts, _SetWriter
 
 
 def _rows(n: int, seed: int) -> pa.Table:
@@ -40,17 +40,21 @@ def _digest(path: Path) -> str:
 
 
 def test_when_cuts_taken_then_they_fall_on_row_groups_and_every_piece_from_a_start() -> None:
-    assert _cuts(0, 5000, 20_000) == [0, _PIECE_ROWS, 2 * _PIECE_ROWS, 5000]
-    # Rows 19,000..23,999 of a file: a row group starts at offset 1,000.
-    assert _cuts(19_000, 5000, 20_000) == [0, 1000, 1000 + _PIECE_ROWS, 5000]
+    p = _PIECE_ROWS
+    assert p % 1024 == 0  # the Parquet writer's batch
+    n = 2 * p + 1000
+    assert _cuts(0, n, 20_000) == [0, p, 2 * p, n]
+    # Rows 19,000.. of a file: a row group starts at offset 1,000, and pieces count from there.
+    assert _cuts(19_000, n, 20_000) == [0, 1000, 1000 + p, n]
     assert _cuts(20_000, 0, 20_000) == [0]
     assert _cuts(7, 3, 2) == [0, 1, 3]
 
 
 def test_when_rows_arrive_in_any_batches_then_the_file_bytes_are_the_same(tmp_path: Path) -> None:
-    """Whole tables written contiguously, and the same rows in random batches cut into pieces
-    as the write does: byte-identical files (several pages per row group, row groups that
-    start inside a written table, a rest carried over)."""
+    """Whole tables written contiguously, and the same rows in random batches, prompts cut into
+    pieces as the write does and the other columns made contiguous: byte-identical files
+    (several pages per row group, row groups that start inside a written table, a rest carried
+    over)."""
     rng = random.Random(3)
     schema = SETS["labels"]
     rows = _rows(23_000, seed=1)
@@ -66,11 +70,10 @@ def test_when_rows_arrive_in_any_batches_then_the_file_bytes_are_the_same(tmp_pa
         bounds = list(zip(cuts, cuts[1:], strict=False))
         arriving = _chunked(table, rng)
         assert arriving.column("prompt").num_chunks > 1 or size == 1
+        prompts = arriving.column("prompt")
+        pieces = [prompts.slice(a, b - a).combine_chunks() for a, b in bounds]
         pieced.write(
-            pa.table(
-                {name: _pieces(arriving.column(name), bounds) for name in schema.names},
-                schema=schema,
-            )
+            _contiguous(arriving.set_column(0, "prompt", pa.chunked_array(pieces, pa.string())))
         )
         base += size
     plain.close()

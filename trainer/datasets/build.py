@@ -579,6 +579,9 @@ class _Builder:
             f"""
             CREATE TABLE b_state AS
             SELECT s.tenant, s.suggestion_id, s.request_id,
+                -- The request by its 64-bit hash, as in b_req (rows, contexts and the card join
+                -- on it, not on the two strings).
+                hash(s.tenant, s.request_id) AS rk,
                 -- The file stream (tenant, user, file) by its 64-bit hash, as in b_req; NULL
                 -- without a file.
                 CASE WHEN s.file_path IS NOT NULL
@@ -878,7 +881,7 @@ class _Builder:
                 FROM l
             )
             -- Only what rows, contexts and the card read: a narrower table is cheaper to write.
-            SELECT sk, tenant, suggestion_id, request_id, stream, language,
+            SELECT sk, tenant, suggestion_id, request_id, rk, stream, language,
                 model_version, policy_version, created_at, prompt_template, completion, fid,
                 _row, accepted, partial_text, fraction, evidence, evidence_sim, evidence_text,
                 evidence_clean, evidence_elapsed_s, status, CASE
@@ -932,7 +935,7 @@ class _Builder:
         self.db.execute(
             """
             CREATE TABLE b_w AS
-            SELECT o.sk, o.tenant, o.suggestion_id, o.request_id, o.status, o.accepted,
+            SELECT o.sk, o.tenant, o.suggestion_id, o.request_id, o.rk, o.status, o.accepted,
                 o.fraction, coalesce(o.partial_text, o.completion) AS inserted, o.completion,
                 o.evidence, o.evidence_sim,
                 o.evidence_elapsed_s, o.evidence_clean, o.evidence_text, o.language,
@@ -945,7 +948,7 @@ class _Builder:
                     WHEN o.status = 'inferred_kept' THEN o.completion
                     WHEN o.status = 'dismissed_handwritten' THEN o.evidence_text
                     END AS wanted_text
-            FROM b_out o JOIN b_kctx k USING (tenant, request_id)
+            FROM b_out o JOIN b_kctx k ON k.rk = o.rk
             WHERE o.status IS NOT NULL
             """
         )
@@ -1004,9 +1007,9 @@ class _Builder:
             # text over each other choice.
             f"""
             WITH n AS (
-                SELECT tenant, request_id FROM b_out SEMI JOIN (
-                    SELECT tenant, request_id FROM b_w WHERE accepted AND wanted_text IS NOT NULL
-                ) t USING (tenant, request_id)
+                SELECT rk FROM b_out SEMI JOIN (
+                    SELECT rk FROM b_w WHERE accepted AND wanted_text IS NOT NULL
+                ) t USING (rk)
                 GROUP BY ALL HAVING count(*) > 1 AND count(*) FILTER (WHERE accepted) = 1
             )
             SELECT {set_index["pairs"]}, a.tenant, a.suggestion_id, b.suggestion_id,
@@ -1014,11 +1017,9 @@ class _Builder:
                 NULL, 1.0, a.evidence, a.evidence_sim, a.evidence_elapsed_s, a.language,
                 a.model_version, a.policy_version, a.crank, a.split, a.sk, 3, b.sk
             FROM b_w a
-            JOIN n ON n.tenant = a.tenant AND n.request_id = a.request_id
-            JOIN (SELECT tenant, request_id, suggestion_id, completion, sk FROM b_out
-                  SEMI JOIN n USING (tenant, request_id)) b
-              ON b.tenant = a.tenant AND b.request_id = a.request_id
-                AND b.suggestion_id <> a.suggestion_id
+            JOIN n ON n.rk = a.rk
+            JOIN (SELECT rk, suggestion_id, completion, sk FROM b_out SEMI JOIN n USING (rk)) b
+              ON b.rk = a.rk AND b.suggestion_id <> a.suggestion_id
             WHERE a.accepted AND a.wanted_text IS NOT NULL
               AND NOT gm_blank(b.completion)
               AND gm_norm(b.completion) <> gm_norm(a.wanted_text)
@@ -1072,13 +1073,13 @@ class _Builder:
         self.db.execute(
             """
             CREATE TABLE b_need AS
-            SELECT s.tenant, s.request_id, min(s.created_at) AS created_at,
+            SELECT min(s.tenant) AS tenant, min(s.request_id) AS request_id, s.rk,
+                min(s.created_at) AS created_at,
                 min(s.stream) AS stream,
                 min(s.prompt_template) AS template,
                 arg_min(s.fid, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
-            FROM b_out s SEMI JOIN (SELECT tenant, request_id FROM b_out WHERE status IS NOT NULL)
-                r USING (tenant, request_id)
-            GROUP BY s.tenant, s.request_id
+            FROM b_out s SEMI JOIN (SELECT rk FROM b_out WHERE status IS NOT NULL) r USING (rk)
+            GROUP BY s.rk
             """
         )
         hashed = f"""
@@ -1117,10 +1118,10 @@ class _Builder:
             "ALTER TABLE b_ctx ADD COLUMN kept BOOLEAN",
             """
             UPDATE b_ctx SET kept = d.rn = 1 FROM (
-                SELECT tenant, request_id, row_number() OVER (
+                SELECT rk, row_number() OVER (
                     PARTITION BY context_hash ORDER BY created_at, tenant, request_id) AS rn
                 FROM b_ctx
-            ) d WHERE b_ctx.tenant = d.tenant AND b_ctx.request_id = d.request_id
+            ) d WHERE b_ctx.rk = d.rk
             """,
         )
         if split.eval_fraction > 0:
@@ -1164,7 +1165,7 @@ class _Builder:
                 SELECT f, w, row_number() OVER (ORDER BY f, w) - 1 AS crank
                 FROM b_ctx WHERE split IS NOT NULL
             )
-            SELECT c.tenant, c.request_id, c.f, c.w, c.template, c.shift, c.context_hash,
+            SELECT c.tenant, c.request_id, c.rk, c.f, c.w, c.template, c.shift, c.context_hash,
                 c.split, c.created_at, r.crank
             FROM b_ctx c JOIN r ON r.f = c.f AND r.w = c.w
             """,
@@ -1353,7 +1354,7 @@ class _Builder:
             """
             SELECT CASE WHEN c.kept IS NULL THEN 'split_purge' ELSE 'duplicate_context' END,
                 count(*)
-            FROM b_out o JOIN b_ctx c USING (tenant, request_id)
+            FROM b_out o JOIN b_ctx c ON c.rk = o.rk
             WHERE o.status IS NOT NULL AND c.split IS NULL GROUP BY ALL ORDER BY ALL
             """
         )

@@ -1195,24 +1195,15 @@ class _Builder:
         # each file's rows stay in order, while DuckDB gathers the next slice.
         pools = {key: ThreadPoolExecutor(1) for key in writers}
 
-        def put(
-            key: tuple[str, str], prompts: pa.Array, where: np.ndarray, chunk: pa.Table
-        ) -> None:
-            # In the key's writer thread: the copies (prompts by context, the lineage) and the
-            # encoding run beside DuckDB's next slice. Prompts are copied in pieces (_cuts).
+        def put(key: tuple[str, str], prompts: _Prompts, chunk: pa.Table) -> None:
+            # In the key's writer thread: the lineage's copy and the encoding run beside
+            # DuckDB's next slice. Prompts are not copied: each row's is a view into the slice's.
             writer, trail = writers[key]
             n = chunk.num_rows
-            cuts = _cuts(chunk.column("row")[0].as_py(), n, writer.row_group_rows)
-            at = where[chunk.column("at").to_numpy()]
-            columns = {
-                "prompt": pa.chunked_array(
-                    [prompts.take(at[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)],
-                    prompts.type,
-                )
-            }
+            columns = {"prompt": prompts.take(chunk.column("at").to_numpy())}
             for name in writer.schema.names[1:]:
                 columns[name] = chunk.column(name)
-            writer.write(_contiguous(pa.table(columns).cast(writer.schema)))
+            writer.write(_contiguous(pa.table(columns).cast(writer.arrow_schema)))
             lineage = {
                 "set": pa.repeat(pa.scalar(key[0], pa.string()), n),
                 "split": pa.repeat(pa.scalar(key[1], pa.string()), n),
@@ -1229,7 +1220,7 @@ class _Builder:
             # rows in context order, so a slice reads a few runs of it).
             for low in range(0, contexts, _PROMPT_SLICE):
                 high = min(low + _PROMPT_SLICE, contexts)
-                prompts, where = self._prompts(low, high)
+                prompts = self._prompts(low, high)
                 # In row order: by set and split, then context (storage order), then the
                 # suggestion's place in the store, the rule's insert and the other suggestion's
                 # place (integers: no string sort); a row's number is its place in that order
@@ -1263,8 +1254,8 @@ class _Builder:
                         "row", pa.array(np.arange(base, base + chunk.num_rows, dtype=np.int64))
                     )
                     self._tally(key, chunk)
-                    submitted.append(pools[key].submit(put, key, prompts, where, chunk))
-                del prompts, where, rows
+                    submitted.append(pools[key].submit(put, key, prompts, chunk))
+                del prompts, rows
                 for future in in_flight:  # at most two slices in memory
                     future.result()
                 in_flight = submitted
@@ -1299,9 +1290,8 @@ class _Builder:
         for name, seen in self.distinct.items():
             seen.update(v for v in pc.unique(chunk.column(name)).to_pylist() if v is not None)
 
-    def _prompts(self, low: int, high: int) -> tuple[pa.Array, np.ndarray]:
-        """The training prompts of contexts low..high-1 (by crank), and the place of each
-        crank's prompt among them."""
+    def _prompts(self, low: int, high: int) -> _Prompts:
+        """The training prompts of contexts low..high-1, in crank order."""
         # The slice's contexts in a table of their own: its exact size lets the optimizer build
         # the join's hash table on them and stream the store rows past it (estimated from a
         # range filter on b_kctx, the store side looked smaller: every prefix and suffix of
@@ -1332,11 +1322,11 @@ class _Builder:
         )
         if table.num_rows != high - low:
             raise BuildFailed(f"prompts of contexts {low}..{high}: {table.num_rows} rendered")
-        # Not moved into crank order (a copy of every prompt): where[c - low] is the place of
-        # crank c's prompt, for the writers' take. Cranks are exactly low..high-1.
+        # Not moved into crank order (a copy of every prompt): their views are. Cranks are
+        # exactly low..high-1.
         where = np.empty(high - low, np.int64)
         where[table.column("crank").to_numpy() - low] = np.arange(table.num_rows)
-        return table.column("prompt").combine_chunks(), where
+        return _Prompts(table.column("prompt"), where)
 
     # Each tally counts for the card as soon as a table's last reader is done, so the table is
     # dropped there and does not sit in memory (or spill) through the later steps.
@@ -1532,32 +1522,43 @@ def _runs(table: pa.Table, keys: tuple[str, ...]) -> list[tuple[tuple[Any, ...],
     ]
 
 
-# Rows the writers copy at once: a multiple of the Parquet writer's batch (1,024 values).
-_PIECE_ROWS = 4_096
+class _Prompts:
+    """A slice's prompts as string views (16 bytes a row: a length and the place of the text
+    in DuckDB's exported buffers), so the rows of every set and split that share a prompt
+    point at one copy of its text until the Parquet writer encodes it: at 10M events the
+    writers copied 3.5 copies of 3.6 GB of prompts before."""
 
+    def __init__(self, texts: pa.ChunkedArray, order: np.ndarray) -> None:
+        views = texts.cast(pa.string_view()).combine_chunks()
+        if views.null_count:
+            raise BuildFailed(f"{views.null_count} prompts rendered empty (NULL)")
+        raw = np.frombuffer(views.buffers()[1], np.uint64).reshape(-1, 2)
+        self._views = raw[views.offset : views.offset + len(views)][order]
+        self._texts = views.buffers()[2:]
 
-def _cuts(base: int, n: int, group: int) -> list[int]:
-    """Where to cut rows base..base+n-1 of a file (offsets 0..n) into the pieces a writer copies:
-    at each row group start (multiples of ``group``) and every _PIECE_ROWS rows from the table's
-    or a row group's start. The Parquet writer writes each chunk of a column in batches of 1,024
-    values from its start, so these cuts leave the file's bytes those of one contiguous array
-    per written table (whatever batches DuckDB returned), while no copy of prompts is big: a
-    table's prompts copied whole (100 MB and more) were held until written (peak RSS at 10M
-    events 3.58 -> 3.40 GB)."""
-    starts = [0, *range((base // group + 1) * group - base, n, group)]
-    cuts = {n}
-    for start, end in zip(starts, [*starts[1:], n], strict=False):
-        cuts.update(range(start, end, _PIECE_ROWS))
-    return sorted(cuts)
+    def take(self, rows: np.ndarray) -> pa.Array:
+        """The prompts of the slice's rows ``rows`` (offsets into the slice), in that order."""
+        views = self._views[rows]
+        return pa.Array.from_buffers(
+            pa.string_view(), len(views), [None, pa.py_buffer(views), *self._texts], null_count=0
+        )
 
 
 def _contiguous(table: pa.Table) -> pa.Table:
-    """Every column in one chunk (copying only the columns that are not), except the prompts,
-    which are in pieces already (_cuts): the copies stay small."""
+    """Every column in one chunk (copying only the columns that are not)."""
+    return pa.table(
+        [c if c.num_chunks == 1 else c.combine_chunks() for c in table.columns],
+        schema=table.schema,
+    )
+
+
+def _compact(table: pa.Table) -> pa.Table:
+    """The table with its string views' texts copied out of the slices they point into (so a
+    carried-over rest does not keep a whole slice's prompts in memory), chunks unchanged."""
     return pa.table(
         [
-            c if c.num_chunks == 1 or name == "prompt" else c.combine_chunks()
-            for name, c in zip(table.column_names, table.columns, strict=True)
+            c.cast(pa.string()).cast(pa.string_view()) if pa.types.is_string_view(c.type) else c
+            for c in table.columns
         ],
         schema=table.schema,
     )
@@ -1581,6 +1582,9 @@ _STORE_ENUMS = (
     ("client_name", "coalesce(client_name, '')", ""),
 )
 
+# Columns the writers take as string views (see _Prompts).
+_VIEWS = frozenset(("prompt",))
+
 _NO_DICTIONARY = frozenset(
     (
         "prompt",
@@ -1596,11 +1600,23 @@ _NO_DICTIONARY = frozenset(
 
 
 class _SetWriter:
-    """Parquet with fixed row groups, so the same rows always give the same bytes."""
+    """Parquet with fixed row groups, so the same rows always give the same bytes.
+
+    Texts may come as string views (``arrow_schema``, what ``write`` takes): they are encoded
+    as the strings of ``schema``, which the file declares, byte for byte as if they had been
+    strings (only the Arrow type stored in the footer would differ, and it is the schema's)."""
 
     def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int) -> None:
         self.path = path
         self.schema = schema
+        self.arrow_schema = pa.schema(
+            [
+                pa.field(f.name, pa.string_view(), f.nullable)
+                if pa.types.is_string(f.type) and f.name in _VIEWS
+                else f
+                for f in schema
+            ]
+        )
         self.row_group_rows = row_group_rows
         self.rows = 0
         self._pending: list[pa.Table] = []
@@ -1609,32 +1625,35 @@ class _SetWriter:
         # every page of them. zstd at level 1: the same size on code text at less cost.
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             path,
-            schema,
+            self.arrow_schema,
             compression="zstd",
             compression_level=1,
             use_dictionary=[n for n in schema.names if n not in _NO_DICTIONARY],
             write_statistics=True,
+            store_schema=False,
         )
 
     def write(self, table: pa.Table) -> None:
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        if self._pending_rows < self.row_group_rows:
-            return
-        combined = pa.concat_tables(self._pending)
-        start = 0
-        while combined.num_rows - start >= self.row_group_rows:
-            self._put(combined.slice(start, self.row_group_rows))
-            start += self.row_group_rows
-        rest = combined.slice(start)
-        # Not copied: the rest keeps only its own pieces of prompts (see _cuts), not the slice's.
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
+        if self._pending_rows >= self.row_group_rows:
+            combined = pa.concat_tables(self._pending)
+            start = 0
+            while combined.num_rows - start >= self.row_group_rows:
+                self._put(combined.slice(start, self.row_group_rows))
+                start += self.row_group_rows
+            rest = combined.slice(start)
+            self._pending = [rest] if rest.num_rows else []
+            self._pending_rows = rest.num_rows
+        # Rows waiting for the next table keep their own texts, not their slice's. Only the
+        # last table waiting can be new (a rest is never longer than the table just written).
+        if self._pending:
+            self._pending[-1] = _compact(self._pending[-1])
 
     def _put(self, rows: pa.Table) -> None:
         assert self._writer is not None
-        # A row group's chunks start where the writer's tables and row groups do, or (prompts)
-        # a multiple of 1,024 rows after (_cuts): the bytes are reproducible.
+        # A row group's chunks start where the written tables do (each is contiguous, see
+        # _contiguous): the Parquet writer's pages, and so the bytes, depend on the rows only.
         self._writer.write_table(rows, row_group_size=rows.num_rows)
         self.rows += rows.num_rows
 
@@ -1644,11 +1663,21 @@ class _SetWriter:
         if self._pending_rows:
             self._put(pa.concat_tables(self._pending))
             self._pending, self._pending_rows = [], 0
+        self._writer.add_key_value_metadata(_arrow_schema_metadata(self.schema))
         self._writer.close()
         self._writer = None
 
     def summary(self) -> dict[str, Any]:
         return _file_summary(self.path, self.rows)
+
+
+def _arrow_schema_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+    """The footer metadata pyarrow writes for ``schema`` (the Arrow schema a reader gets)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    metadata = pq.ParquetFile(pa.BufferReader(sink.getvalue())).metadata.metadata
+    assert metadata is not None
+    return dict(metadata)
 
 
 def _file_summary(path: Path, rows: int) -> dict[str, Any]:

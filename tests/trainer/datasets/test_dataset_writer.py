@@ -1,5 +1,6 @@
-"""The set writer's bytes do not depend on how the rows arrive (DuckDB's batches, the pieces
-the writer threads copy), only on the rows: snapshots stay reproducible."""
+"""The set writer's bytes do not depend on how the rows arrive (DuckDB's batches, the slices and
+the string views the writer threads take prompts from), only on the rows: snapshots stay
+reproducible, and the files declare plain strings."""
 
 from __future__ import annotations
 
@@ -7,82 +8,131 @@ import hashlib
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from trainer.datasets.build import _PIECE_ROWS, SETS, _contiguous, _cuts, _SetWriter
+from trainer.datasets.build import _NO_DICTIONARY, SETS, _contiguous, _Prompts, _SetWriter
 
 
-def _rows(n: int, seed: int) -> pa.Table:
+def _texts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    words = ["def", "return", "self", "value", "    ", "\n", "x", "(", ")", ":", "if", "for"]
-    texts = ["".join(rng.choice(words) for _ in range(rng.randint(20, 400))) for _ in range(n)]
-    return pa.table(
-        {
-            "prompt": texts,
-            "completion": [t[-30:] for t in texts],
-            "label": [rng.random() < 0.5 for _ in range(n)],
-        }
-    )
+    words = ["def", "return", "self", "value", "    ", "\n", "x", "(", ")", ":", "if", "é"]
+    # Some shorter than a view's inline 12 bytes, most longer.
+    return ["".join(rng.choice(words) for _ in range(rng.randint(1, 400))) for _ in range(n)]
 
 
-def _chunked(table: pa.Table, rng: random.Random) -> pa.Table:
-    """The same rows in batches of random sizes, as a query might return them."""
-    batches, start = [], 0
-    while start < table.num_rows:
-        size = rng.randint(1, 3000)
-        batches.extend(table.slice(start, size).combine_chunks().to_batches())
+def _batched(values: list[str], rng: random.Random) -> pa.ChunkedArray:
+    """The values in batches of random sizes, as DuckDB's export returns them."""
+    chunks, start = [], 0
+    while start < len(values):
+        size = rng.randint(1, 700)
+        chunks.append(pa.array(values[start : start + size], pa.string()))
         start += size
-    return pa.Table.from_batches(batches, table.schema)
+    return pa.chunked_array(chunks, pa.string())
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_when_cuts_taken_then_they_fall_on_row_groups_and_every_piece_from_a_start() -> None:
-    p = _PIECE_ROWS
-    assert p % 1024 == 0  # the Parquet writer's batch
-    n = 2 * p + 1000
-    assert _cuts(0, n, 20_000) == [0, p, 2 * p, n]
-    # Rows 19,000.. of a file: a row group starts at offset 1,000, and pieces count from there.
-    assert _cuts(19_000, n, 20_000) == [0, 1000, 1000 + p, n]
-    assert _cuts(20_000, 0, 20_000) == [0]
-    assert _cuts(7, 3, 2) == [0, 1, 3]
+def _reference(path: Path, puts: list[pa.Table], group: int) -> None:
+    """What the writer must produce: pyarrow's own file of the same string rows, each written
+    table contiguous, row groups of ``group`` rows."""
+    schema = puts[0].schema
+    rows = pa.concat_tables(puts)
+    with pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        compression_level=1,
+        use_dictionary=[n for n in schema.names if n not in _NO_DICTIONARY],
+        write_statistics=True,
+    ) as writer:
+        for start in range(0, rows.num_rows, group):
+            part = rows.slice(start, group)
+            writer.write_table(part, row_group_size=part.num_rows)
 
 
-def test_when_rows_arrive_in_any_batches_then_the_file_bytes_are_the_same(tmp_path: Path) -> None:
-    """Whole tables written contiguously, and the same rows in random batches, prompts cut into
-    pieces as the write does and the other columns made contiguous: byte-identical files
-    (several pages per row group, row groups that start inside a written table, a rest carried
-    over)."""
+def test_when_prompts_come_as_views_of_slices_then_the_file_is_pyarrows_own_for_strings(
+    tmp_path: Path,
+) -> None:
+    """Rows from three slices, each slice's prompts exported in random batches and out of
+    order, put in tables of uneven sizes (a row group starting inside a table, rests carried
+    over into the next slice): byte for byte the file pyarrow writes from the same rows as
+    strings, footer schema included, and it reads back as strings."""
     rng = random.Random(3)
     schema = SETS["labels"]
-    rows = _rows(23_000, seed=1)
-    sizes = [3000, 1, 9000, 4096, 5903]
     group = 5000
-    plain = _SetWriter(tmp_path / "plain.parquet", schema, group)
-    pieced = _SetWriter(tmp_path / "pieced.parquet", schema, group)
-    base = 0
-    for size in sizes:
-        table = rows.slice(base, size)
-        plain.write(table.combine_chunks())
-        cuts = _cuts(base, size, group)
-        bounds = list(zip(cuts, cuts[1:], strict=False))
-        arriving = _chunked(table, rng)
-        assert arriving.column("prompt").num_chunks > 1 or size == 1
-        prompts = arriving.column("prompt")
-        pieces = [prompts.slice(a, b - a).combine_chunks() for a, b in bounds]
-        pieced.write(
-            _contiguous(arriving.set_column(0, "prompt", pa.chunked_array(pieces, pa.string())))
-        )
-        base += size
-    plain.close()
-    pieced.close()
-    assert pieced.rows == plain.rows == sum(sizes)
-    assert _digest(tmp_path / "pieced.parquet") == _digest(tmp_path / "plain.parquet")
-    # The check can fail: pieces cut off the 1,024-row batches give other bytes.
-    other = _SetWriter(tmp_path / "other.parquet", schema, group)
-    for start in range(0, rows.num_rows, 1500):
-        other.write(_chunked(rows.slice(start, 1500), rng))
-    other.close()
-    assert _digest(tmp_path / "other.parquet") != _digest(tmp_path / "plain.parquet")
+    writer = _SetWriter(tmp_path / "views.parquet", schema, group)
+    puts: list[pa.Table] = []
+    slices = [(900, [3000, 1]), (4000, [9000]), (50, [4096, 77])]
+    for slice_no, (contexts, sizes) in enumerate(slices):
+        texts = _texts(contexts, seed=slice_no)
+        # Exported unordered: place i holds context order[i]'s prompt; where[c] finds it.
+        order = np.array(rng.sample(range(contexts), contexts))
+        where = np.empty(contexts, np.int64)
+        where[order] = np.arange(contexts)
+        prompts = _Prompts(_batched([texts[c] for c in order], rng), where)
+        for size in sizes:
+            at = np.sort(np.array([rng.randrange(contexts) for _ in range(size)]))
+            rows = {
+                "prompt": [texts[c] for c in at],
+                "completion": [texts[c][-30:] for c in at],
+                "label": [rng.random() < 0.5 for _ in at],
+            }
+            puts.append(pa.table(rows, schema=schema))
+            viewed = pa.table(
+                {
+                    "prompt": prompts.take(at),
+                    "completion": pa.array(rows["completion"]),
+                    "label": pa.array(rows["label"]),
+                }
+            )
+            writer.write(_contiguous(viewed.cast(writer.arrow_schema)))
+    writer.close()
+    _reference(tmp_path / "strings.parquet", puts, group)
+    assert writer.rows == sum(p.num_rows for p in puts)
+    assert _digest(tmp_path / "views.parquet") == _digest(tmp_path / "strings.parquet")
+    back = pq.read_table(tmp_path / "views.parquet")
+    assert back.schema.field("prompt").type == pa.string()
+    assert back.column("prompt").to_pylist() == pa.concat_tables(puts).column("prompt").to_pylist()
+    # The check can fail: other row group boundaries give other bytes.
+    _reference(tmp_path / "other.parquet", puts, 4000)
+    assert _digest(tmp_path / "other.parquet") != _digest(tmp_path / "strings.parquet")
+
+
+def test_when_prompts_taken_then_each_row_gets_its_context_in_the_order_asked() -> None:
+    rng = random.Random(5)
+    texts = _texts(300, seed=9) + [""]
+    order = np.array(rng.sample(range(len(texts)), len(texts)))
+    where = np.empty(len(texts), np.int64)
+    where[order] = np.arange(len(texts))
+    prompts = _Prompts(_batched([texts[c] for c in order], rng), where)
+    at = np.array([300, 0, 0, 299, 17, 300, 5])
+    taken = prompts.take(at)
+    assert taken.type == pa.string_view()
+    assert taken.to_pylist() == [texts[c] for c in at]
+    assert prompts.take(np.array([], np.int64)).to_pylist() == []
+
+
+def test_when_rows_wait_for_the_next_table_then_they_keep_only_their_own_texts(
+    tmp_path: Path,
+) -> None:
+    """A few rows of a big slice carried over to the next table do not hold the slice's texts
+    in memory."""
+    texts = ["x" * 1000 + str(i) for i in range(2000)]
+    prompts = _Prompts(pa.chunked_array([pa.array(texts)]), np.arange(len(texts)))
+    writer = _SetWriter(tmp_path / "sft.parquet", SETS["sft"], 5000)
+    at = np.array([3, 4, 5])
+    table = pa.table({"prompt": prompts.take(at), "completion": pa.array(["a", "b", "c"])})
+    held_before = sum(b.size for b in table.column("prompt").chunk(0).buffers() if b is not None)
+    writer.write(_contiguous(table.cast(writer.arrow_schema)))
+    (waiting,) = writer._pending
+    held = sum(b.size for c in waiting.column("prompt").chunks for b in c.buffers() if b)
+    assert held_before > 1_000_000  # the view points into the whole slice
+    assert held < 10_000
+    writer.close()
+    assert pq.read_table(tmp_path / "sft.parquet").column("prompt").to_pylist() == [
+        texts[i] for i in at
+    ]

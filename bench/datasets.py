@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from feedback_store import EVENT_SCHEMA, SUGGESTION_SCHEMA  # noqa: E402
+from trainer.datasets import DEFAULT_MEMORY_LIMIT  # noqa: E402
 
 TARGET_S = 60.0
 TARGET_BYTES = 4 * 1024**3
@@ -438,7 +439,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--events", type=int, default=10_000_000, help="events to generate")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads for the build")
-    parser.add_argument("--memory-limit", default="2GB", help="DuckDB memory limit")
+    parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="DuckDB memory limit")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated store")
     parser.add_argument(

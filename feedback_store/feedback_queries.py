@@ -644,8 +644,9 @@ FROM h
 """
 
 
-# Rows matched (and their results inserted) at once.
-_MATCH_ROWS = 65_536
+# Rows matched (and their results inserted) at once: with one group matched while the next is
+# read, about 120 MB of texts at 10M events beside DuckDB's memory (65,536 rows: 450 MB).
+_MATCH_ROWS = 16_384
 
 
 def match_later_requests(

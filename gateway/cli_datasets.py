@@ -54,7 +54,7 @@ def build_config(
     tenants: tuple[str, ...] | None = None,
     rules: Path | None = None,
     threads: int | None = None,
-    memory_limit: str | None = "2GB",
+    memory_limit: str | None = "3GB",
 ) -> BuildConfig:
     """A build over the deployment's store: its dataset key, and the opted-out repos of the
     ACTIVE policy (the policy store's, which `gristmill policy apply` and the API change;
@@ -103,7 +103,7 @@ def build_cmd(
     ] = None,
     memory_limit: Annotated[
         str, typer.Option(help="DuckDB memory limit; tables spill to disk beyond it.")
-    ] = "2GB",
+    ] = "3GB",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:

@@ -237,3 +237,16 @@ def test_when_repo_opted_out_by_applied_policy_then_build_leaves_it_out(gw):
     prompts = [row["prompt"] for row in _rows(gw, r.json()["id"], "labels")]
     assert any("def g0(" in p for p in prompts)
     assert not any("def g1(" in p for p in prompts)
+
+
+def test_when_no_memory_limit_given_then_cli_and_api_use_the_builds_default() -> None:
+    """One default (the one the bench measures): the CLI's and build_config's are the build's."""
+    import inspect
+
+    from gateway.cli_datasets import build_cmd, build_config
+    from trainer.datasets import DEFAULT_MEMORY_LIMIT, BuildConfig
+
+    assert BuildConfig.__dataclass_fields__["memory_limit"].default == DEFAULT_MEMORY_LIMIT
+    for function in (build_cmd, build_config):
+        parameter = inspect.signature(function).parameters["memory_limit"]
+        assert parameter.default == DEFAULT_MEMORY_LIMIT, function.__name__

@@ -7,6 +7,7 @@ list_snapshots(data_dir / "datasets")                  # newest first
 """
 
 from .build import (
+    DEFAULT_MEMORY_LIMIT,
     LINEAGE_SCHEMA,
     PROMPT_SHIFT_PATTERN,
     SETS,
@@ -28,6 +29,7 @@ from .rules import SignalRules, default_rules_path, load_rules, parse_rules, rul
 from .snapshots import list_snapshots, read_card, snapshot_summary, verify_snapshot
 
 __all__ = [
+    "DEFAULT_MEMORY_LIMIT",
     "LINEAGE_SCHEMA",
     "PROMPT_SHIFT_PATTERN",
     "SETS",

@@ -581,6 +581,7 @@ class _Builder:
         )
         self.step(
             "state",
+            f"CREATE TYPE gm_pre_excluded AS ENUM ({', '.join(map(_q, _PRE_EXCLUDED))})",
             f"""
             CREATE TABLE b_state AS
             SELECT s.tenant, s.suggestion_id, s.request_id,
@@ -593,7 +594,8 @@ class _Builder:
                     THEN hash(s.tenant, s.user_hash, s.file_path) END AS stream,
                 coalesce(s.language, 'unknown'::gm_s_language) AS language,
                 s.model_version, s.policy_version, s.created_at, s.prompt_template,
-                s.completion, s.fid, s._row, s.sk,
+                -- The store file and row are sk's (sk // _SK_FILE, sk % _SK_FILE).
+                s.completion, s.sk,
                 coalesce(f.shown, false) AS shown,
                 coalesce(f.accepted, false) AS accepted,
                 coalesce(f.rejected, false) AS rejected,
@@ -621,7 +623,7 @@ class _Builder:
                         THEN 'redacted_share'
                     WHEN gm_blank(s.completion) THEN 'empty_completion'
                     WHEN f.sk IS NULL AND tc.tenant IS NOT NULL THEN 'not_shown'
-                END AS pre_excluded
+                END::gm_pre_excluded AS pre_excluded
             FROM b_sugg s
             LEFT JOIN b_facts f ON f.sk = s.sk
             LEFT JOIN b_req r ON r.rk = hash(s.tenant, s.request_id)
@@ -654,7 +656,8 @@ class _Builder:
             f"""
             CREATE TABLE b_cand AS
             SELECT sk, stream, after_ts, accepted,
-                coalesce(partial_text, completion) AS inserted, fid, _row,
+                coalesce(partial_text, completion) AS inserted, sk // {_SK_FILE} AS fid,
+                sk % {_SK_FILE} AS _row,
                 epoch_us(after_ts) * 1024 + 1023 AS floor_key
             FROM b_state
             WHERE pre_excluded IS NULL AND stream IS NOT NULL AND {enabled}
@@ -887,8 +890,8 @@ class _Builder:
             )
             -- Only what rows, contexts and the card read: a narrower table is cheaper to write.
             SELECT sk, tenant, suggestion_id, request_id, rk, stream, language,
-                model_version, policy_version, created_at, prompt_template, completion, fid,
-                _row, accepted, partial_text, fraction, evidence, evidence_sim, evidence_text,
+                model_version, policy_version, created_at, prompt_template, completion,
+                accepted, partial_text, fraction, evidence, evidence_sim, evidence_text,
                 evidence_clean, evidence_elapsed_s, status, CASE
                 WHEN status IS NOT NULL THEN NULL
                 WHEN pre_excluded IS NOT NULL THEN pre_excluded
@@ -1076,13 +1079,14 @@ class _Builder:
         split = self.doc.split
         started = time.perf_counter()
         self.db.execute(
-            """
+            f"""
             CREATE TABLE b_need AS
             SELECT min(s.tenant) AS tenant, min(s.request_id) AS request_id, s.rk,
                 min(s.created_at) AS created_at,
                 min(s.stream) AS stream,
                 min(s.prompt_template) AS template,
-                arg_min(s.fid, s.suggestion_id) AS f, arg_min(s._row, s.suggestion_id) AS w
+                arg_min(s.sk, s.suggestion_id) // {_SK_FILE} AS f,
+                arg_min(s.sk, s.suggestion_id) % {_SK_FILE} AS w
             FROM b_out s SEMI JOIN (SELECT rk FROM b_out WHERE status IS NOT NULL) r USING (rk)
             GROUP BY s.rk
             """
@@ -1574,6 +1578,15 @@ def _iso(epoch_us: int | None) -> str | None:
         return None
     return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch_us)).isoformat()
 
+
+# Why a suggestion is left out before its outcome is decided (b_state.pre_excluded).
+_PRE_EXCLUDED = (
+    "unknown_template",
+    "opted_out_repo",
+    "redacted_share",
+    "empty_completion",
+    "not_shown",
+)
 
 # Store columns with few values, held as ENUMs from the first table on (a byte a row, not a
 # string): (name, value, extra rows), the values sorted so min() and ordering are the strings'.

@@ -1204,12 +1204,14 @@ class _Builder:
         # each file's rows stay in order, while DuckDB gathers the next slice.
         pools = {key: ThreadPoolExecutor(1) for key in writers}
 
-        def put(key: tuple[str, str], prompts: _Prompts, chunk: pa.Table) -> None:
+        def put(key: tuple[str, str], context: _SliceContexts, chunk: pa.Table) -> None:
             # In the key's writer thread: the lineage's copy and the encoding run beside
-            # DuckDB's next slice. Prompts are not copied: each row's is a view into the slice's.
+            # DuckDB's next slice. A context's prompt and hash are not copied for each of its
+            # rows: each row's is a view into the slice's (see _Texts).
             writer, trail = writers[key]
             n = chunk.num_rows
-            columns = {"prompt": prompts.take(chunk.column("at").to_numpy())}
+            at = chunk.column("at").to_numpy()
+            columns = {"prompt": context.prompts.take(at)}
             for name in writer.schema.names[1:]:
                 columns[name] = chunk.column(name)
             writer.write(_contiguous(pa.table(columns).cast(writer.arrow_schema)))
@@ -1218,8 +1220,13 @@ class _Builder:
                 "split": pa.repeat(pa.scalar(key[1], pa.string()), n),
             }
             for name in lineage_names:
-                lineage[name] = chunk.column(name)
-            trail.write(_contiguous(pa.table(lineage).cast(LINEAGE_SCHEMA)))
+                if name == "context_hash":
+                    lineage[name] = context.hashes.take(at)
+                elif name == "created_at":
+                    lineage[name] = context.created_at.take(at)
+                else:
+                    lineage[name] = chunk.column(name)
+            trail.write(_contiguous(pa.table(lineage).cast(trail.arrow_schema)))
 
         written: dict[tuple[str, str], int] = {}  # rows of each set and split so far
         try:
@@ -1229,7 +1236,7 @@ class _Builder:
             # rows in context order, so a slice reads a few runs of it).
             for low in range(0, contexts, _PROMPT_SLICE):
                 high = min(low + _PROMPT_SLICE, contexts)
-                prompts = self._prompts(low, high)
+                context = self._slice_contexts(low, high)
                 # In row order: by set and split, then context (storage order), then the
                 # suggestion's place in the store, the rule's insert and the other suggestion's
                 # place (integers: no string sort); a row's number is its place in that order
@@ -1246,10 +1253,10 @@ class _Builder:
                         r.label, r.reward, r.tenant, r.suggestion_id,
                         r.other_id AS other_suggestion_id, r.request_id, r.rule::VARCHAR AS rule,
                         r.weight,
-                        k.context_hash, k.created_at, r.language, r.model_version,
-                        r.policy_version, r.evidence, r.similarity, r.elapsed_s
+                        r.language, r.model_version, r.policy_version, r.evidence,
+                        r.similarity, r.elapsed_s
                     FROM (SELECT * FROM b_rows WHERE crank >= {low} AND crank < {high}) r
-                    JOIN (SELECT crank, shift, context_hash, created_at FROM b_kctx
+                    JOIN (SELECT crank, shift FROM b_kctx
                           WHERE crank >= {low} AND crank < {high}) k ON k.crank = r.crank
                     ORDER BY r.set_index, r.split DESC, r.crank, r.sk, r.kind, r.other_sk
                     """,
@@ -1263,8 +1270,8 @@ class _Builder:
                         "row", pa.array(np.arange(base, base + chunk.num_rows, dtype=np.int64))
                     )
                     self._tally(key, chunk)
-                    submitted.append(pools[key].submit(put, key, prompts, chunk))
-                del prompts, rows
+                    submitted.append(pools[key].submit(put, key, context, chunk))
+                del context, rows
                 for future in in_flight:  # at most two slices in memory
                     future.result()
                 in_flight = submitted
@@ -1299,7 +1306,25 @@ class _Builder:
         for name, seen in self.distinct.items():
             seen.update(v for v in pc.unique(chunk.column(name)).to_pylist() if v is not None)
 
-    def _prompts(self, low: int, high: int) -> _Prompts:
+    def _slice_contexts(self, low: int, high: int) -> _SliceContexts:
+        """What contexts low..high-1 give each of their rows: the prompt, and for the lineage
+        the context hash and time (once per context, not in every row of the rows query)."""
+        context = _arrow(
+            self.db,
+            f"""
+            SELECT context_hash, created_at FROM b_kctx
+            WHERE crank >= {low} AND crank < {high} ORDER BY crank
+            """,
+        )
+        if context.num_rows != high - low:
+            raise BuildFailed(f"contexts {low}..{high}: {context.num_rows} found")
+        return _SliceContexts(
+            prompts=self._prompts(low, high),
+            hashes=_Texts(context.column("context_hash"), np.arange(high - low)),
+            created_at=context.column("created_at").combine_chunks(),
+        )
+
+    def _prompts(self, low: int, high: int) -> _Texts:
         """The training prompts of contexts low..high-1, in crank order."""
         # The slice's contexts in a table of their own: its exact size lets the optimizer build
         # the join's hash table on them and stream the store rows past it (estimated from a
@@ -1335,7 +1360,7 @@ class _Builder:
         # exactly low..high-1.
         where = np.empty(high - low, np.int64)
         where[table.column("crank").to_numpy() - low] = np.arange(table.num_rows)
-        return _Prompts(table.column("prompt"), where)
+        return _Texts(table.column("prompt"), where)
 
     # Each tally counts for the card as soon as a table's last reader is done, so the table is
     # dropped there and does not sit in memory (or spill) through the later steps.
@@ -1531,16 +1556,16 @@ def _runs(table: pa.Table, keys: tuple[str, ...]) -> list[tuple[tuple[Any, ...],
     ]
 
 
-class _Prompts:
-    """A slice's prompts as string views (16 bytes a row: a length and the place of the text
-    in DuckDB's exported buffers), so the rows of every set and split that share a prompt
-    point at one copy of its text until the Parquet writer encodes it: at 10M events the
-    writers copied 3.5 copies of 3.6 GB of prompts before."""
+class _Texts:
+    """A slice's texts of each context (prompts, context hashes) as string views (16 bytes a
+    row: a length and the place of the text in DuckDB's exported buffers), so the rows of every
+    set and split that share a context point at one copy of its text until the Parquet writer
+    encodes it: at 10M events the writers copied 3.5 copies of 3.6 GB of prompts before."""
 
     def __init__(self, texts: pa.ChunkedArray, order: np.ndarray) -> None:
         views = texts.cast(pa.string_view()).combine_chunks()
         if views.null_count:
-            raise BuildFailed(f"{views.null_count} prompts rendered empty (NULL)")
+            raise BuildFailed(f"{views.null_count} texts of a slice's contexts are NULL")
         raw = np.frombuffer(views.buffers()[1], np.uint64).reshape(-1, 2)
         self._views = raw[views.offset : views.offset + len(views)][order]
         self._texts = views.buffers()[2:]
@@ -1551,6 +1576,15 @@ class _Prompts:
         return pa.Array.from_buffers(
             pa.string_view(), len(views), [None, pa.py_buffer(views), *self._texts], null_count=0
         )
+
+
+@dataclass(frozen=True)
+class _SliceContexts:
+    """A slice's contexts, by offset in the slice (crank - low)."""
+
+    prompts: _Texts
+    hashes: _Texts
+    created_at: pa.Array
 
 
 def _contiguous(table: pa.Table) -> pa.Table:
@@ -1600,8 +1634,8 @@ _STORE_ENUMS = (
     ("client_name", "coalesce(client_name, '')", ""),
 )
 
-# Columns the writers take as string views (see _Prompts).
-_VIEWS = frozenset(("prompt",))
+# Columns the writers take as string views (see _Texts).
+_VIEWS = frozenset(("prompt", "context_hash"))
 
 _NO_DICTIONARY = frozenset(
     (

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.datasets.build import _NO_DICTIONARY, SETS, _contiguous, _Prompts, _SetWriter
+from trainer.datasets.build import _NO_DICTIONARY, SETS, _contiguous, _SetWriter, _Texts
 
 
 def _texts(n: int, seed: int) -> list[str]:
@@ -73,7 +73,7 @@ def test_when_prompts_come_as_views_of_slices_then_the_file_is_pyarrows_own_for_
         order = np.array(rng.sample(range(contexts), contexts))
         where = np.empty(contexts, np.int64)
         where[order] = np.arange(contexts)
-        prompts = _Prompts(_batched([texts[c] for c in order], rng), where)
+        prompts = _Texts(_batched([texts[c] for c in order], rng), where)
         for size in sizes:
             at = np.sort(np.array([rng.randrange(contexts) for _ in range(size)]))
             rows = {
@@ -108,7 +108,7 @@ def test_when_prompts_taken_then_each_row_gets_its_context_in_the_order_asked() 
     order = np.array(rng.sample(range(len(texts)), len(texts)))
     where = np.empty(len(texts), np.int64)
     where[order] = np.arange(len(texts))
-    prompts = _Prompts(_batched([texts[c] for c in order], rng), where)
+    prompts = _Texts(_batched([texts[c] for c in order], rng), where)
     at = np.array([300, 0, 0, 299, 17, 300, 5])
     taken = prompts.take(at)
     assert taken.type == pa.string_view()
@@ -122,7 +122,7 @@ def test_when_rows_wait_for_the_next_table_then_they_keep_only_their_own_texts(
     """A few rows of a big slice carried over to the next table do not hold the slice's texts
     in memory."""
     texts = ["x" * 1000 + str(i) for i in range(2000)]
-    prompts = _Prompts(pa.chunked_array([pa.array(texts)]), np.arange(len(texts)))
+    prompts = _Texts(pa.chunked_array([pa.array(texts)]), np.arange(len(texts)))
     writer = _SetWriter(tmp_path / "sft.parquet", SETS["sft"], 5000)
     at = np.array([3, 4, 5])
     table = pa.table({"prompt": prompts.take(at), "completion": pa.array(["a", "b", "c"])})

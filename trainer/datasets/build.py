@@ -1571,7 +1571,7 @@ class _Texts:
         self._texts = views.buffers()[2:]
 
     def take(self, rows: np.ndarray) -> pa.Array:
-        """The prompts of the slice's rows ``rows`` (offsets into the slice), in that order."""
+        """The texts of the slice's rows ``rows`` (offsets into the slice), in that order."""
         views = self._views[rows]
         return pa.Array.from_buffers(
             pa.string_view(), len(views), [None, pa.py_buffer(views), *self._texts], null_count=0
@@ -1597,7 +1597,7 @@ def _contiguous(table: pa.Table) -> pa.Table:
 
 def _compact(table: pa.Table) -> pa.Table:
     """The table with its string views' texts copied out of the slices they point into (so a
-    carried-over rest does not keep a whole slice's prompts in memory), chunks unchanged."""
+    carried-over rest does not keep a whole slice's texts in memory), chunks unchanged."""
     return pa.table(
         [
             c.cast(pa.string()).cast(pa.string_view()) if pa.types.is_string_view(c.type) else c

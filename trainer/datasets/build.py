@@ -1655,6 +1655,10 @@ _NO_DICTIONARY = frozenset(
     )
 )
 
+# Min/max statistics of code text serve no reader (nobody filters prompts by range), and each
+# page would carry two whole texts: without them the sets are about 6% smaller.
+_NO_STATISTICS = frozenset(("prompt", "completion", "chosen", "rejected"))
+
 
 class _SetWriter:
     """Parquet with fixed row groups, so the same rows always give the same bytes.
@@ -1686,7 +1690,7 @@ class _SetWriter:
             compression="zstd",
             compression_level=1,
             use_dictionary=[n for n in schema.names if n not in _NO_DICTIONARY],
-            write_statistics=True,
+            write_statistics=[n for n in schema.names if n not in _NO_STATISTICS],
             store_schema=False,
         )
 

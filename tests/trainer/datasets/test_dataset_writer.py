@@ -12,7 +12,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.datasets.build import _NO_DICTIONARY, SETS, _contiguous, _SetWriter, _Texts
+from trainer.datasets.build import (
+    _NO_DICTIONARY,
+    _NO_STATISTICS,
+    SETS,
+    _contiguous,
+    _SetWriter,
+    _Texts,
+)
 
 
 def _texts(n: int, seed: int) -> list[str]:
@@ -47,7 +54,7 @@ def _reference(path: Path, puts: list[pa.Table], group: int) -> None:
         compression="zstd",
         compression_level=1,
         use_dictionary=[n for n in schema.names if n not in _NO_DICTIONARY],
-        write_statistics=True,
+        write_statistics=[n for n in schema.names if n not in _NO_STATISTICS],
     ) as writer:
         for start in range(0, rows.num_rows, group):
             part = rows.slice(start, group)
@@ -136,3 +143,35 @@ def test_when_rows_wait_for_the_next_table_then_they_keep_only_their_own_texts(
     assert pq.read_table(tmp_path / "sft.parquet").column("prompt").to_pylist() == [
         texts[i] for i in at
     ]
+
+
+def test_when_a_set_is_written_then_its_texts_carry_no_statistics_and_the_rest_do(
+    tmp_path: Path,
+) -> None:
+    """Min/max of whole code texts help no reader; the label's and the reward's stay."""
+    for name in ("labels", "rewards", "pairs"):
+        schema = SETS[name]
+        writer = _SetWriter(tmp_path / f"{name}.parquet", schema, 100)
+        texts = _texts(150, seed=7)
+        columns = {
+            field.name: (
+                texts
+                if pa.types.is_string(field.type)
+                else [i % 2 == 0 for i in range(150)]
+                if pa.types.is_boolean(field.type)
+                else [i / 150 for i in range(150)]
+            )
+            for field in schema
+        }
+        table = pa.table(columns, schema=schema)
+        writer.write(_contiguous(table.cast(writer.arrow_schema)))
+        writer.close()
+        meta = pq.ParquetFile(tmp_path / f"{name}.parquet").metadata
+        assert meta.num_row_groups == 2
+        for group in range(meta.num_row_groups):
+            for index, field in enumerate(schema):
+                stats = meta.row_group(group).column(index).statistics
+                if field.name in _NO_STATISTICS:
+                    assert stats is None, field.name
+                else:
+                    assert stats is not None and stats.has_min_max, field.name

@@ -408,6 +408,10 @@ class _Builder:
                 prompt_template::gm_s_prompt_template AS prompt_template,
                 coalesce(client_name, '')::gm_s_client_name AS client_name, completion,
                 fid, _row, fid::BIGINT * {_SK_FILE} + _row AS sk,
+                -- The request and file stream keys (see requests), hashed once here.
+                hash(tenant::gm_s_tenant, request_id) AS rk,
+                CASE WHEN file_path IS NOT NULL
+                    THEN hash(tenant::gm_s_tenant, user_hash, file_path) END AS stream,
                 CASE WHEN source IN ('continue', 'openai') THEN substr(prefix, -64) END AS tail64,
                 CASE WHEN source IN ('continue', 'openai')
                     THEN hash(prefix, coalesce(suffix, '')) END AS text_hash,
@@ -538,8 +542,8 @@ class _Builder:
             f"""
             CREATE TABLE b_req AS
             WITH r AS (
-                SELECT hash(s.tenant, s.request_id) AS rk,
-                    min(hash(s.tenant, s.user_hash, s.file_path)) AS stream,
+                SELECT s.rk,
+                    min(s.stream) AS stream,
                     min(s.created_at) AS created_at,
                     -- The first choice (ties, which well-formed records never have, by store
                     -- position): a number, not a (choice, id) struct, is cheap to compare.
@@ -593,11 +597,10 @@ class _Builder:
             SELECT s.tenant, s.suggestion_id, s.request_id,
                 -- The request by its 64-bit hash, as in b_req (rows, contexts and the card join
                 -- on it, not on the two strings).
-                hash(s.tenant, s.request_id) AS rk,
+                s.rk,
                 -- The file stream (tenant, user, file) by its 64-bit hash, as in b_req; NULL
                 -- without a file.
-                CASE WHEN s.file_path IS NOT NULL
-                    THEN hash(s.tenant, s.user_hash, s.file_path) END AS stream,
+                s.stream,
                 coalesce(s.language, 'unknown'::gm_s_language) AS language,
                 s.model_version, s.policy_version, s.created_at, s.prompt_template,
                 -- The store file and row are sk's (sk // _SK_FILE, sk % _SK_FILE).
@@ -632,7 +635,7 @@ class _Builder:
                 END::gm_pre_excluded AS pre_excluded
             FROM b_sugg s
             LEFT JOIN b_facts f ON f.sk = s.sk
-            LEFT JOIN b_req r ON r.rk = hash(s.tenant, s.request_id)
+            LEFT JOIN b_req r ON r.rk = s.rk
             LEFT JOIN b_tclients tc ON tc.tenant = s.tenant AND tc.user_hash = s.user_hash
                 AND tc.client_name = s.client_name
             """,

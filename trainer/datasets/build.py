@@ -944,9 +944,11 @@ class _Builder:
             "evidence, evidence_sim AS similarity, evidence_elapsed_s AS elapsed_s, "
             "language, model_version, policy_version, crank, split"
         )
+        # Equal texts have equal normal forms: most kept suggestions skip normalizing both.
         edited_pair = (
             "status IN ('accepted_kept', 'accepted_edited') AND evidence_clean "
-            "AND NOT gm_blank(evidence_text) AND gm_norm(evidence_text) <> gm_norm(inserted)"
+            "AND NOT gm_blank(evidence_text) AND evidence_text <> inserted "
+            "AND gm_norm(evidence_text) <> gm_norm(inserted)"
         )
         started = time.perf_counter()
         self.db.execute(

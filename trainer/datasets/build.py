@@ -422,15 +422,17 @@ class _Builder:
             FROM b_raw
             WHERE created_at >= {self.since} AND created_at < {self.until} {tenants}
             """,
-            # A duplicate that slipped through landing: the earliest landed copy wins.
+            # A duplicate that slipped through landing: the earliest landed copy wins. Found by
+            # a hash of the key (cheaper to group than the strings), ranked by the key itself.
             """
             DELETE FROM b_sugg USING (
                 SELECT fid, _row FROM (
                     SELECT fid, _row, row_number() OVER (
                         PARTITION BY tenant, suggestion_id ORDER BY fid, _row) AS rn
-                    FROM b_sugg SEMI JOIN (
-                        SELECT tenant, suggestion_id FROM b_sugg GROUP BY ALL HAVING count(*) > 1
-                    ) d USING (tenant, suggestion_id)
+                    FROM b_sugg WHERE hash(tenant, suggestion_id) IN (
+                        SELECT hash(tenant, suggestion_id) AS h FROM b_sugg
+                        GROUP BY h HAVING count(*) > 1
+                    )
                 ) WHERE rn > 1
             ) d WHERE b_sugg.fid = d.fid AND b_sugg._row = d._row
             """,

@@ -255,3 +255,17 @@ def test_when_continue_logs_a_served_completion_then_it_takes_the_served_templat
     snap = build(tmp_path, h)
     assert read_set(snap, "labels") == [{"prompt": PROMPT, "completion": S, "label": True}]
     assert [r["suggestion_id"] for r in lineage(snap) if r["set"] == "labels"] == [alias]
+
+
+def test_when_a_suggestion_lands_twice_then_the_earliest_copy_counts_once(tmp_path: Path):
+    """A duplicate that slipped through landing (a retried batch, here with other text): the
+    copy of the earlier batch is the suggestion, and it is counted once."""
+    h = History()
+    sid = accepted(h)
+    survived(h, sid, S)
+    [original] = [r for r in h.records if r["record_type"] == "suggestion"]
+    h.land(tmp_path / "parquet", batch=1)
+    h.records.append({**original, "completion": "s -= i.price"})
+    snap = build(tmp_path, h)
+    assert sets(snap)["sft"] == [{"prompt": PROMPT, "completion": S}]
+    assert snap.card["outcomes"] == {"accepted_kept": 1}

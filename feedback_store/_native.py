@@ -1,5 +1,4 @@
-"""The compiled exact-anchor matcher (_match.c, _match_impl.h) and DuckDB's heap hold
-(_heap.c), built with cc on first use.
+"""The compiled exact-anchor matcher (_match.c, _match_impl.h), built with cc on first use.
 
 The dataset build matches millions of (insertion, later request) pairs; DuckDB's string
 functions take about 24 CPU-microseconds a row for the exact anchor alone, and Python about 150
@@ -9,12 +8,11 @@ for a fuzzy one; the compiled matcher does either in about two. It follows ``mat
 The library is built once per source version into ``$GRISTMILL_NATIVE_DIR`` (default
 ``~/.cache/gristmill/native``) with ``$CC`` (default ``cc``); ``make install`` builds it ahead.
 Without a compiler, or with ``GRISTMILL_NATIVE=0``, ``available()`` is False and callers use the
-SQL path, which gives the same results, and ``keep_duckdb_heap`` holds nothing.
+SQL path, which gives the same results.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -22,16 +20,15 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["INPUTS", "NativeMatch", "available", "build", "keep_duckdb_heap", "main", "match"]
+__all__ = ["INPUTS", "NativeMatch", "available", "build", "main", "match"]
 
-_SOURCES = (Path(__file__).with_name("_match.c"), Path(__file__).with_name("_heap.c"))
+_SOURCE = Path(__file__).with_name("_match.c")
 _HEADERS = (Path(__file__).with_name("_match_impl.h"),)
 # Column order of gm_match's inputs and of its params (see _match.c).
 INPUTS = ("inserted", "prefix_tail", "suffix_head", "later_prefix", "later_suffix")
@@ -55,16 +52,16 @@ _tried = False
 
 
 def _library_path() -> Path:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (*_SOURCES, *_HEADERS)))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (_SOURCE, *_HEADERS)))
     digest = digest.hexdigest()[:16]
     root = os.environ.get("GRISTMILL_NATIVE_DIR") or str(
         Path.home() / ".cache" / "gristmill" / "native"
     )
-    return Path(root) / f"gm_native-{digest}.so"
+    return Path(root) / f"gm_match-{digest}.so"
 
 
 def build() -> Path:
-    """Compile the sources (if this version is not built yet); the library's path."""
+    """Compile _match.c (if this version is not built yet); the library's path."""
     target = _library_path()
     if target.exists():
         return target
@@ -75,7 +72,7 @@ def build() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name
         subprocess.run(
-            [compiler, "-O3", "-shared", "-fPIC", "-o", str(partial), *map(str, _SOURCES)],
+            [compiler, "-O3", "-shared", "-fPIC", "-o", str(partial), str(_SOURCE)],
             check=True,
             capture_output=True,
         )
@@ -106,72 +103,12 @@ def _load() -> ctypes.CDLL | None:
         lib.gm_out_data.argtypes = [p, ctypes.c_int]
         lib.gm_out_offsets.restype = p
         lib.gm_out_offsets.argtypes = [p, ctypes.c_int]
-        lib.gm_noop_trim_address.restype = p
-        lib.gm_route_import.restype = ctypes.c_int
-        lib.gm_route_import.argtypes = [ctypes.c_char_p, ctypes.c_char_p, p]
-        lib.gm_import_target.restype = p
-        lib.gm_import_target.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
         _lib = lib
         return lib
 
 
 def available() -> bool:
     return _load() is not None
-
-
-# DuckDB's extension module (_duckdb.cpython-*.so, or duckdb.cpython-*.so in older wheels).
-_DUCKDB_MODULE = b"duckdb"
-_heap_lock = threading.Lock()
-_heap_holds = 0
-
-
-@contextlib.contextmanager
-def keep_duckdb_heap() -> Iterator[bool]:
-    """Within the block, DuckDB does not hand its freed heap back to the kernel; after it, it
-    does again and the heap is trimmed once. Yields whether the hold took.
-
-    DuckDB's Linux wheels allocate with glibc's malloc, and a DuckDB worker that has been idle
-    for half a second calls ``malloc_trim``. In a dataset build the workers idle each time
-    Python works between or inside queries, so every trim returned the build's working memory
-    and the next query faulted it back in page by page: about 5 CPU-s of the 10M bench's
-    write stage alone, 8-10 s of its wall time in all. Here DuckDB's own import of
-    ``malloc_trim`` is pointed at a no-op (``_heap.c``), nothing else in the process. Blocks
-    may nest and overlap across threads; the last one out restores it. Without the native
-    library, or where DuckDB's import is not found, nothing changes and it yields False.
-    """
-    global _heap_holds
-    lib = _load()
-    held = False
-    with _heap_lock:
-        if lib is not None:
-            if _heap_holds == 0:
-                noop = lib.gm_noop_trim_address()
-                held = lib.gm_route_import(_DUCKDB_MODULE, b"malloc_trim", noop) > 0
-            else:
-                held = True
-            if held:
-                _heap_holds += 1
-    try:
-        yield held
-    finally:
-        if held:
-            with _heap_lock:
-                _heap_holds -= 1
-                if _heap_holds == 0:
-                    _release_duckdb_heap(lib)
-
-
-def _release_duckdb_heap(lib: ctypes.CDLL) -> None:
-    libc = ctypes.CDLL(None)  # the process's global scope: what the loader bound DuckDB to
-    trim = ctypes.cast(libc.malloc_trim, ctypes.c_void_p).value
-    lib.gm_route_import(_DUCKDB_MODULE, b"malloc_trim", trim)
-    libc.malloc_trim(ctypes.c_size_t(0))
-
-
-def duckdb_trim_target() -> int | None:
-    """Where DuckDB's ``malloc_trim`` calls go now (None: not found or no native library)."""
-    lib = _load()
-    return lib.gm_import_target(_DUCKDB_MODULE, b"malloc_trim") if lib is not None else None
 
 
 class NativeMatch:

@@ -247,18 +247,13 @@ def build_snapshot(
     say = progress or (lambda _: None)
     try:
         try:
-            # DuckDB keeps the heap it frees between queries until the build ends (see
-            # keep_duckdb_heap): about a tenth of the build's time was faulting it back in.
-            with (
-                _native.keep_duckdb_heap(),
-                FeedbackDB(
-                    config.parquet_dir,
-                    threads=config.threads,
-                    memory_limit=config.memory_limit,
-                    temp_dir=work / ".spill",
-                    keep_allocated=config.memory_limit is not None,
-                ) as db,
-            ):
+            with FeedbackDB(
+                config.parquet_dir,
+                threads=config.threads,
+                memory_limit=config.memory_limit,
+                temp_dir=work / ".spill",
+                keep_allocated=config.memory_limit is not None,
+            ) as db:
                 card = _Builder(db, config, work, say).run()
         except StoreError as exc:
             raise BuildFailed(f"dataset build failed in DuckDB: {exc}") from exc

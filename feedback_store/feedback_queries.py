@@ -357,6 +357,8 @@ _MACROS = [
     # Both arguments already normalized (gm_norm of their first MAX_COMPARE_CHARS characters).
     "CREATE MACRO gm_sim_norm(na, nb) AS CASE WHEN na = nb THEN 1.0 "
     "ELSE 1.0 - levenshtein(na, nb) / greatest(length(na), length(nb)) END",
+    # normalize_code(a) != normalize_code(b); equal texts skip the normalizing (most do).
+    "CREATE MACRO gm_norm_differs(a, b) AS a <> b AND gm_norm(a) <> gm_norm(b)",
     # Equal texts are equal when normalized: most kept suggestions skip the normalizing.
     f"CREATE MACRO gm_similarity(a, b) AS CASE WHEN a = b THEN 1.0 ELSE gm_sim_norm(gm_norm("
     f"substr(a, 1, {MAX_COMPARE_CHARS})), gm_norm(substr(b, 1, {MAX_COMPARE_CHARS}))) END",

@@ -941,11 +941,9 @@ class _Builder:
             "evidence, evidence_sim AS similarity, evidence_elapsed_s AS elapsed_s, "
             "language, model_version, policy_version, crank, split"
         )
-        # Equal texts have equal normal forms: most kept suggestions skip normalizing both.
         edited_pair = (
             "status IN ('accepted_kept', 'accepted_edited') AND evidence_clean "
-            "AND NOT gm_blank(evidence_text) AND evidence_text <> inserted "
-            "AND gm_norm(evidence_text) <> gm_norm(inserted)"
+            "AND NOT gm_blank(evidence_text) AND gm_norm_differs(evidence_text, inserted)"
         )
         started = time.perf_counter()
         self.db.execute(
@@ -1038,7 +1036,7 @@ class _Builder:
               ON b.rk = a.rk AND b.suggestion_id <> a.suggestion_id
             WHERE a.accepted AND a.wanted_text IS NOT NULL
               AND NOT gm_blank(b.completion)
-              AND gm_norm(b.completion) <> gm_norm(a.wanted_text)
+              AND gm_norm_differs(b.completion, a.wanted_text)
             ORDER BY a.crank
             """,
             f"""

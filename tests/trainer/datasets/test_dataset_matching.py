@@ -166,8 +166,10 @@ def test_when_similarity_computed_then_python_and_duckdb_agree(tmp_path: Path, a
     with FeedbackDB(tmp_path) as db:
         (value,) = db.rows("SELECT gm_similarity($a, $b)", {"a": a, "b": b})[0]
         (norm,) = db.rows("SELECT gm_norm($a)", {"a": a})[0]
+        (differs,) = db.rows("SELECT gm_norm_differs($a, $b)", {"a": a, "b": b})[0]
     assert value == pytest.approx(expected)
     assert norm == normalize_code(a)
+    assert differs == (normalize_code(a) != normalize_code(b))
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from trainer.datasets.build import (
     _NO_DICTIONARY,
     _NO_STATISTICS,
+    LINEAGE_SCHEMA,
     SETS,
     _contiguous,
     _SetWriter,
@@ -175,3 +176,48 @@ def test_when_a_set_is_written_then_its_texts_carry_no_statistics_and_the_rest_d
                     assert stats is None, field.name
                 else:
                     assert stats is not None and stats.has_min_max, field.name
+
+
+def test_when_lineage_is_written_then_distinct_values_skip_the_dictionary_and_ids_their_ranges(
+    tmp_path: Path,
+) -> None:
+    """Row numbers, times and similarities are nearly all distinct: a row group's dictionary of
+    them never outgrows its page, so it would be built (every value hashed) and kept. Ids and
+    hashes carry no min/max (no reader skips a row group by a range of random ids); the
+    few-valued columns keep both."""
+    rows = 300
+    rng = random.Random(3)
+    columns: dict[str, list[object]] = {}
+    for field in LINEAGE_SCHEMA:
+        if field.name == "row":
+            columns[field.name] = list(range(rows))
+        elif field.name in ("similarity", "elapsed_s", "weight"):
+            columns[field.name] = [
+                rng.random() if field.name != "weight" else 1.0 for _ in range(rows)
+            ]
+        elif pa.types.is_timestamp(field.type):
+            columns[field.name] = [1_750_000_000_000_000 + 1_000 * i for i in range(rows)]
+        elif field.name in ("suggestion_id", "other_suggestion_id", "request_id", "context_hash"):
+            columns[field.name] = [f"{rng.getrandbits(128):032x}" for _ in range(rows)]
+        else:
+            columns[field.name] = [f"{field.name}-{i % 3}" for i in range(rows)]
+    table = pa.table(columns).cast(LINEAGE_SCHEMA)
+    writer = _SetWriter(tmp_path / "lineage.parquet", LINEAGE_SCHEMA, 100)
+    writer.write(_contiguous(table.cast(writer.arrow_schema)))
+    writer.close()
+    meta = pq.ParquetFile(tmp_path / "lineage.parquet").metadata
+    assert meta.num_row_groups == 3
+    for group in range(meta.num_row_groups):
+        for index, field in enumerate(LINEAGE_SCHEMA):
+            chunk = meta.row_group(group).column(index)
+            dictionary = any("DICTIONARY" in encoding for encoding in chunk.encodings)
+            if field.name in ("row", "created_at", "similarity", "elapsed_s"):
+                assert not dictionary, field.name
+            if field.name in ("tenant", "rule", "language", "set", "split", "weight"):
+                assert dictionary, field.name
+            stats = chunk.statistics
+            if field.name in ("suggestion_id", "other_suggestion_id", "request_id", "context_hash"):
+                assert stats is None, field.name
+            else:
+                assert stats is not None and stats.has_min_max, field.name
+    assert pq.read_table(tmp_path / "lineage.parquet").equals(table)

@@ -3,7 +3,10 @@
 One command: `python bench/datasets.py`. It writes a synthetic feedback store straight into the
 store's Parquet layout (`suggestions|events/tenant=<t>/date=<d>/part-<n>.parquet`, the stored
 schemas), then runs `build_snapshot` in a child process (2 DuckDB threads) and reports its wall
-time and the child's peak RSS against the targets (60 s, 4 GB on 2 cores).
+time and the child's peak RSS against the targets (60 s, 4 GB on 2 cores). Its baseline, run
+by the same script just before and after the build: one DuckDB pass reading and hashing every
+stored text (see run_reference); the build's time in such passes is what compares across
+machines and hours.
 
 The store is made of editing sessions: a developer writes lines into a file; while typing,
 the client asks for completions at keystroke pauses (shown briefly, then replaced); at the end
@@ -434,6 +437,35 @@ print(json.dumps({{"seconds": time.perf_counter() - begin, "id": snap.id,
     return result
 
 
+REFERENCE_SQL = """
+SELECT count(*), sum(length(md5(prefix || coalesce(suffix, '') || completion)))
+FROM read_parquet($files)
+"""
+
+
+def run_reference(parquet: Path, threads: int, memory: str) -> float:
+    """The baseline of this machine, now: DuckDB (same threads, memory limit) reading every
+    stored suggestion's texts and hashing them once, in a child process like the build. The
+    build's time in these passes is comparable between machines and hours (this machine's speed
+    drifts by 10-30% between runs); the seconds are not."""
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+import duckdb
+from pathlib import Path
+files = sorted(str(p) for p in Path({str(parquet)!r}).glob("suggestions/**/*.parquet"))
+con = duckdb.connect(config={{"threads": {threads}, "memory_limit": {memory!r}}})
+begin = time.perf_counter()
+con.execute({REFERENCE_SQL!r}, {{"files": files}}).fetchall()
+print(json.dumps(time.perf_counter() - begin))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"reference pass failed with exit code {proc.returncode}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000, help="events to generate")
@@ -477,9 +509,11 @@ def main(argv: list[str] | None = None) -> None:
         # Before the build: during it, its own threads (DuckDB's and the writers') load the
         # cores too.
         load = os.getloadavg()[0]
+        before = run_reference(parquet, args.threads, args.memory_limit)
         result = run_build(
             parquet, work / "datasets", until, args.threads, args.memory_limit, args.sql_matcher
         )
+        after = run_reference(parquet, args.threads, args.memory_limit)
         rows = {name: c["rows"] for name, c in result["counts"].items()}
         print(f"snapshot {result['id']}: rows {rows}")
         print(f"outcomes {result['outcomes']}")
@@ -498,6 +532,12 @@ def main(argv: list[str] | None = None) -> None:
             f"user {result['user_seconds']:.0f} s, kernel {result['kernel_seconds']:.0f} s); "
             f"load average before the "
             f"build {load:.1f} (other processes on these cores slow the build down)"
+        )
+        reference = (before + after) / 2
+        print(
+            f"baseline: one pass reading and hashing every stored text took {before:.2f} s before "
+            f"the build and {after:.2f} s after; the build took {seconds / reference:.1f} passes "
+            f"(60 s is {TARGET_S / reference:.1f} passes on this machine now)"
         )
     finally:
         if args.keep:

@@ -35,4 +35,11 @@ def test_when_the_dataset_bench_runs_small_then_it_reports_rows_time_and_memory(
     assert re.search(r"peak RSS [0-9.]+ GB", proc.stdout)
     cpu = r"CPU: [0-9]+ s over [0-9]+ s \(.*; user [0-9]+ s, kernel [0-9]+ s\)"
     assert re.search(cpu, proc.stdout), proc.stdout
+    baseline = re.search(
+        r"baseline: .* took ([0-9.]+) s before the build and ([0-9.]+) s after; the build took "
+        r"([0-9.]+) passes",
+        proc.stdout,
+    )
+    assert baseline is not None, proc.stdout
+    assert float(baseline.group(1)) > 0 and float(baseline.group(2)) > 0
     assert not any(tmp_path.iterdir()), "the generated store is removed without --keep"

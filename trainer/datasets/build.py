@@ -1722,8 +1722,12 @@ class _SetWriter:
 
     def _put(self, rows: pa.Table) -> None:
         assert self._writer is not None
-        # A row group's chunks start where the written tables do (each is contiguous, see
-        # _contiguous): the Parquet writer's pages, and so the bytes, depend on the rows only.
+        # One chunk per column: the Parquet writer cuts pages in batches counted from the start
+        # of each chunk, so a row group spanning two written tables (two slices) had its pages
+        # cut where the slice ended, and the bytes depended on the slice size. Views are joined
+        # without copying their texts; only the short texts and numbers are copied.
+        if any(column.num_chunks > 1 for column in rows.columns):
+            rows = rows.combine_chunks()
         self._writer.write_table(rows, row_group_size=rows.num_rows)
         self.rows += rows.num_rows
 

@@ -1,6 +1,6 @@
 """The set writer's bytes do not depend on how the rows arrive (DuckDB's batches, the slices and
-the string views the writer threads take prompts from), only on the rows: snapshots stay
-reproducible, and the files declare plain strings."""
+the string views the writer threads take prompts from), only on the rows and the row group size:
+snapshots stay reproducible, and the files declare plain strings."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def _digest(path: Path) -> str:
 
 
 def _reference(path: Path, puts: list[pa.Table], group: int) -> None:
-    """What the writer must produce: pyarrow's own file of the same string rows, each written
-    table contiguous, row groups of ``group`` rows."""
+    """What the writer must produce: pyarrow's own file of the same string rows, row groups of
+    ``group`` rows, each of one chunk (wherever the tables put to the writer began)."""
     schema = puts[0].schema
     rows = pa.concat_tables(puts)
     with pq.ParquetWriter(
@@ -58,7 +58,7 @@ def _reference(path: Path, puts: list[pa.Table], group: int) -> None:
         write_statistics=[n for n in schema.names if n not in _NO_STATISTICS],
     ) as writer:
         for start in range(0, rows.num_rows, group):
-            part = rows.slice(start, group)
+            part = rows.slice(start, group).combine_chunks()
             writer.write_table(part, row_group_size=part.num_rows)
 
 

@@ -1220,7 +1220,7 @@ class _Builder:
             columns = {"prompt": context.prompts.take(at)}
             for name in writer.schema.names[1:]:
                 columns[name] = chunk.column(name)
-            writer.write(_contiguous(pa.table(columns).cast(writer.arrow_schema)))
+            writer.write(pa.table(columns).cast(writer.arrow_schema))
             lineage = {
                 "set": pa.repeat(pa.scalar(key[0], pa.string()), n),
                 "split": pa.repeat(pa.scalar(key[1], pa.string()), n),
@@ -1232,7 +1232,7 @@ class _Builder:
                     lineage[name] = context.created_at.take(at)
                 else:
                     lineage[name] = chunk.column(name)
-            trail.write(_contiguous(pa.table(lineage).cast(trail.arrow_schema)))
+            trail.write(pa.table(lineage).cast(trail.arrow_schema))
 
         written: dict[tuple[str, str], int] = {}  # rows of each set and split so far
         try:
@@ -1593,14 +1593,6 @@ class _SliceContexts:
     created_at: pa.Array
 
 
-def _contiguous(table: pa.Table) -> pa.Table:
-    """Every column in one chunk (copying only the columns that are not)."""
-    return pa.table(
-        [c if c.num_chunks == 1 else c.combine_chunks() for c in table.columns],
-        schema=table.schema,
-    )
-
-
 def _compact(table: pa.Table) -> pa.Table:
     """The table with its string views' texts copied out of the slices they point into (so a
     carried-over rest does not keep a whole slice's texts in memory), chunks unchanged."""
@@ -1723,9 +1715,9 @@ class _SetWriter:
     def _put(self, rows: pa.Table) -> None:
         assert self._writer is not None
         # One chunk per column: the Parquet writer cuts pages in batches counted from the start
-        # of each chunk, so a row group spanning two written tables (two slices) had its pages
-        # cut where the slice ended, and the bytes depended on the slice size. Views are joined
-        # without copying their texts; only the short texts and numbers are copied.
+        # of each chunk, so the bytes would depend on where DuckDB's batches and the slices
+        # ended. Views are joined without copying their texts; the short texts and numbers are
+        # copied once here.
         if any(column.num_chunks > 1 for column in rows.columns):
             rows = rows.combine_chunks()
         self._writer.write_table(rows, row_group_size=rows.num_rows)

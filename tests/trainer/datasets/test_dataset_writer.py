@@ -17,7 +17,6 @@ from trainer.datasets.build import (
     _NO_STATISTICS,
     LINEAGE_SCHEMA,
     SETS,
-    _contiguous,
     _SetWriter,
     _Texts,
 )
@@ -97,7 +96,7 @@ def test_when_prompts_come_as_views_of_slices_then_the_file_is_pyarrows_own_for_
                     "label": pa.array(rows["label"]),
                 }
             )
-            writer.write(_contiguous(viewed.cast(writer.arrow_schema)))
+            writer.write(viewed.cast(writer.arrow_schema))
     writer.close()
     _reference(tmp_path / "strings.parquet", puts, group)
     assert writer.rows == sum(p.num_rows for p in puts)
@@ -135,7 +134,7 @@ def test_when_rows_wait_for_the_next_table_then_they_keep_only_their_own_texts(
     at = np.array([3, 4, 5])
     table = pa.table({"prompt": prompts.take(at), "completion": pa.array(["a", "b", "c"])})
     held_before = sum(b.size for b in table.column("prompt").chunk(0).buffers() if b is not None)
-    writer.write(_contiguous(table.cast(writer.arrow_schema)))
+    writer.write(table.cast(writer.arrow_schema))
     (waiting,) = writer._pending
     held = sum(b.size for c in waiting.column("prompt").chunks for b in c.buffers() if b)
     assert held_before > 1_000_000  # the view points into the whole slice
@@ -165,7 +164,7 @@ def test_when_a_set_is_written_then_its_texts_carry_no_statistics_and_the_rest_d
             for field in schema
         }
         table = pa.table(columns, schema=schema)
-        writer.write(_contiguous(table.cast(writer.arrow_schema)))
+        writer.write(table.cast(writer.arrow_schema))
         writer.close()
         meta = pq.ParquetFile(tmp_path / f"{name}.parquet").metadata
         assert meta.num_row_groups == 2
@@ -203,7 +202,7 @@ def test_when_lineage_is_written_then_distinct_values_skip_the_dictionary_and_id
             columns[field.name] = [f"{field.name}-{i % 3}" for i in range(rows)]
     table = pa.table(columns).cast(LINEAGE_SCHEMA)
     writer = _SetWriter(tmp_path / "lineage.parquet", LINEAGE_SCHEMA, 100)
-    writer.write(_contiguous(table.cast(writer.arrow_schema)))
+    writer.write(table.cast(writer.arrow_schema))
     writer.close()
     meta = pq.ParquetFile(tmp_path / "lineage.parquet").metadata
     assert meta.num_row_groups == 3
